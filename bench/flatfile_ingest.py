@@ -1,0 +1,152 @@
+"""Flat-file ingest: ChronoX loading a full-market day file vs a plain COPY of the same rows.
+
+Generates a synthetic day file (>= 10,000 tickers, >= 1.5 M rows; a few thousand liquid
+names trade most minutes, the long tail rarely), then on PostgreSQL measures:
+  (a) ChronoX's day load (gzip + CSV parse + validation + COPY + coverage) into an
+      empty ohlcv_1m, in a fresh process so its peak memory is its own;
+  (a') the same load again with every row already present (the idempotent reload);
+  (b) a plain COPY of the same rows, pre-rendered in memory, into an identical empty table.
+Last line: `flatfile_ingest ratio=<chronox rows/s / COPY rows/s>`.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import io
+import multiprocessing
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import temporary_database  # noqa: E402
+
+DAY = dt.date(2024, 3, 5)
+
+
+def tickers_and_liquidity(count: int) -> tuple[list[str], dict[str, float]]:
+    import itertools
+    import string
+
+    names = ["".join(p) for n in (3, 4) for p in itertools.product(string.ascii_uppercase, repeat=n)][:count]
+    liquidity = {}
+    for i, name in enumerate(names):
+        # About 2,300 names trade nearly every minute; the tail is thin, as in real data.
+        liquidity[name] = 1.0 if i < 2300 else 0.03 + 0.12 * ((i * 7919) % 100) / 100
+    return names, liquidity
+
+
+def generate(root: Path, count: int) -> tuple[int, list[str]]:
+    from chronox.sample import day_rows, write_day_file
+
+    names, liquidity = tickers_and_liquidity(count)
+    rows = day_rows(DAY, names, liquidity)
+    write_day_file(root, DAY, rows)
+    return len(rows), names
+
+
+def peak_rss_mb() -> float:
+    """This process's own high-water mark (ru_maxrss would include the parent's at fork)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def chronox_load(url: str, root: str, symbols: list[str], queue) -> None:  # type: ignore[no-untyped-def]
+    """Runs in a fresh process: two loads (first, reload), timing and peak memory."""
+    os.environ["CHRONOX_DATABASE_URL"] = url
+    os.environ["CHRONOX_FLATFILES_URL"] = root
+    from chronox.backfill import load_day
+    from chronox.settings import load_settings
+
+    settings = load_settings()
+    started = time.perf_counter()
+    first = load_day(settings, DAY.isoformat(), symbols)
+    first_s = time.perf_counter() - started
+    started = time.perf_counter()
+    again = load_day(settings, DAY.isoformat(), symbols)
+    reload_s = time.perf_counter() - started
+    peak_mb = peak_rss_mb()
+    queue.put({"rows": first["rows"], "reload_rows": again["rows"], "first_s": first_s,
+               "reload_s": reload_s, "peak_mb": peak_mb, "quarantined": first["quarantined"]})
+
+
+def plain_copy(url: str, root: Path, symbols: list[str]) -> tuple[int, float]:
+    """Baseline: the same valid rows, rendered before timing, COPYed into a LIKE table."""
+    from sqlalchemy import text
+
+    from chronox.db import get_engine
+    from chronox.sources.flatfiles import DayFileReader, relative_path
+
+    with open(root / relative_path(DAY), "rb") as raw:
+        reader = DayFileReader(raw, DAY, symbols, "baseline")
+        iso = reader.minute_iso
+        buffer = io.StringIO()
+        rows = 0
+        for r in reader:
+            buffer.write(f"{r.symbol}\t{iso[r.minute]}\t{r.open!r}\t{r.high!r}\t{r.low!r}\t{r.close!r}\t"
+                         f"{r.volume!r}\t\\N\t{r.transactions}\tflatpack\n")
+            rows += 1
+    engine = get_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE ohlcv_1m_baseline (LIKE ohlcv_1m INCLUDING ALL)"))
+    buffer.seek(0)
+    raw_conn = engine.raw_connection()
+    try:
+        with raw_conn.cursor() as cursor:
+            started = time.perf_counter()
+            cursor.copy_expert("COPY ohlcv_1m_baseline (symbol, ts, open, high, low, close, volume, vwap, "
+                               "transactions, source) FROM STDIN", buffer, size=1 << 20)
+            raw_conn.commit()
+            elapsed = time.perf_counter() - started
+    finally:
+        raw_conn.close()
+    return rows, elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tickers", type=int, default=10_000)
+    args = parser.parse_args()
+    from sqlalchemy import text
+
+    from chronox.db import get_engine
+
+    with tempfile.TemporaryDirectory() as tmp, temporary_database() as url:
+        root = Path(tmp)
+        started = time.perf_counter()
+        rows, symbols = generate(root, args.tickers)
+        size_mb = sum(p.stat().st_size for p in root.rglob("*.gz")) / 1e6
+        print(f"day file: {args.tickers} tickers, {rows} rows, {size_mb:.1f} MB gzip "
+              f"(generated in {time.perf_counter() - started:.1f} s)")
+        engine = get_engine(url)
+        with engine.begin() as conn:  # the registry holds every ticker, as a full-market deployment would
+            conn.execute(text("INSERT INTO symbol_registry (symbol, strategy, timeframe, enabled, status, "
+                              "created_at, updated_at) SELECT unnest(CAST(:s AS text[])), 'flatpack', '1m', "
+                              "true, 'idle', now(), now()"), {"s": symbols})
+        ctx = multiprocessing.get_context("spawn")
+        queue = ctx.Queue()
+        child = ctx.Process(target=chronox_load, args=(url, str(root), symbols, queue))
+        child.start()
+        result = queue.get()
+        child.join()
+        assert result["rows"] == rows == result["reload_rows"], result
+        copy_rows, copy_s = plain_copy(url, root, symbols)
+        assert copy_rows == rows
+        chronox_rate = rows / result["first_s"]
+        copy_rate = rows / copy_s
+        print(f"chronox first load: {result['first_s']:.2f} s, {chronox_rate:,.0f} rows/s")
+        print(f"chronox reload (all rows present): {result['reload_s']:.2f} s, "
+              f"{result['reload_s'] / result['first_s']:.2f}x first load")
+        print(f"chronox peak memory: {result['peak_mb']:.0f} MB")
+        print(f"plain COPY (pre-rendered): {copy_s:.2f} s, {copy_rate:,.0f} rows/s")
+        print(f"flatfile_ingest ratio={chronox_rate / copy_rate:.2f}")
+
+
+if __name__ == "__main__":
+    main()

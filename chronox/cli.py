@@ -1,0 +1,553 @@
+"""The `chronox` command: registry, migrations, runs and the offline demo."""
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from chronox import registry
+from chronox.bars import isoformat_utc
+from chronox.settings import SNAPSHOT_METHODS, ConfigError, Settings, load_settings
+from chronox.strategy import InvalidInput
+
+F = TypeVar("F", bound=Callable[..., Any])
+# BRK.B has no flatpack phase: every day of its window is a gap the api phase fills.
+DEMO_STRATEGIES = {"AAPL": "flatpack+api", "MSFT": "flatpack+snapshot", "BRK.B": "api+snapshot"}
+DEMO_SYMBOLS = tuple(DEMO_STRATEGIES)
+DEMO_OTHER_TICKERS = ("SPY", "TSLA", "NVDA")  # in the files, not registered: shows filtering
+DEMO_START, DEMO_END = dt.date(2024, 11, 25), dt.date(2024, 12, 3)  # Thanksgiving + half day
+
+
+def _user_errors(func: F) -> F:
+    """Bad input and unreachable services become a one-line message and exit code 1."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from sqlalchemy.exc import OperationalError, ProgrammingError
+
+        from chronox.sources.flatfiles import FlatFileError
+
+        try:
+            return func(*args, **kwargs)
+        except (InvalidInput, ConfigError, FlatFileError) as exc:
+            raise click.ClickException(str(exc)) from None
+        except (OperationalError, ProgrammingError) as exc:
+            text = str(exc.orig) if exc.orig is not None else str(exc)
+            if "no such table" in text or "does not exist" in text and "relation" in text:
+                raise click.ClickException(
+                    "database has no ChronoX tables: run `chronox db upgrade` first") from None
+            raise click.ClickException(f"database error: {text.strip().splitlines()[0]}") from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _engine(settings: Settings):  # type: ignore[no-untyped-def]
+    from chronox.db import get_engine, upgrade
+
+    if settings.database_url.startswith("sqlite"):
+        # The embedded database is private to this machine: keep it migrated silently.
+        upgrade(settings.database_url)
+    return get_engine(settings.database_url)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, help="Log at INFO level.")
+def cli(verbose: bool) -> None:
+    """ChronoX: keep a store of US-equity bars complete and publish every bar to Kafka."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@cli.group()
+def db() -> None:
+    """Database migrations."""
+
+
+@db.command("upgrade")
+@_user_errors
+def db_upgrade() -> None:
+    """Apply Alembic migrations to CHRONOX_DATABASE_URL."""
+    from chronox.db import upgrade
+
+    settings = _settings()
+    upgrade(settings.database_url)
+    click.echo("database is at the latest migration")
+
+
+@cli.group()
+def symbols() -> None:
+    """The symbol registry."""
+
+
+def _echo_rows(rows: Sequence[dict[str, Any]], as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("no symbols registered")
+        return
+    click.echo(f"{'SYMBOL':<10} {'STRATEGY':<30} {'TF':<4} {'ON':<3} {'STATUS':<10} LAST_BACKFILL")
+    for r in rows:
+        click.echo(f"{r['symbol']:<10} {r['strategy']:<30} {r['timeframe']:<4} "
+                   f"{'yes' if r['enabled'] else 'no':<3} {r['status']:<10} {r['last_backfill'] or '-'}")
+
+
+@symbols.command("add")
+@click.argument("symbol")
+@click.option("--strategy", required=True, help="Phases joined with '+': flatpack, api, snapshot, stream.")
+@click.option("--timeframe", default="1m", show_default=True)
+@click.option("--disabled", is_flag=True, help="Register without scheduling it.")
+@_user_errors
+def symbols_add(symbol: str, strategy: str, timeframe: str, disabled: bool) -> None:
+    """Register SYMBOL."""
+    row = registry.add_symbol(_engine(_settings()), symbol, strategy, timeframe, enabled=not disabled)
+    click.echo(f"registered {row['symbol']} ({row['strategy']}, {row['timeframe']}"
+               f"{', disabled' if disabled else ''})")
+
+
+@symbols.command("list")
+@click.option("--enabled-only", is_flag=True)
+@click.option("--json", "as_json", is_flag=True)
+@_user_errors
+def symbols_list(enabled_only: bool, as_json: bool) -> None:
+    """List registered symbols."""
+    _echo_rows(registry.list_symbols(_engine(_settings()), enabled_only=enabled_only), as_json)
+
+
+@symbols.command("show")
+@click.argument("symbol")
+@click.option("--json", "as_json", is_flag=True)
+@_user_errors
+def symbols_show(symbol: str, as_json: bool) -> None:
+    """Show one registry row."""
+    row = registry.get_symbol(_engine(_settings()), symbol)
+    if as_json:
+        click.echo(json.dumps(row, indent=2))
+    else:
+        for key, value in row.items():
+            click.echo(f"{key:<14} {value if value is not None else '-'}")
+
+
+@symbols.command("update")
+@click.argument("symbol")
+@click.option("--strategy")
+@click.option("--timeframe")
+@click.option("--enable/--disable", "enabled", default=None)
+@_user_errors
+def symbols_update(symbol: str, strategy: str | None, timeframe: str | None, enabled: bool | None) -> None:
+    """Change a registered symbol."""
+    if strategy is None and timeframe is None and enabled is None:
+        raise click.UsageError("nothing to change: give --strategy, --timeframe, --enable or --disable")
+    row = registry.update_symbol(_engine(_settings()), symbol, strategy, timeframe, enabled)
+    click.echo(f"updated {row['symbol']} ({row['strategy']}, {row['timeframe']}, "
+               f"{'enabled' if row['enabled'] else 'disabled'})")
+
+
+@symbols.command("remove")
+@click.argument("symbol")
+@_user_errors
+def symbols_remove(symbol: str) -> None:
+    """Remove a symbol from the registry (its stored bars stay)."""
+    registry.remove_symbol(_engine(_settings()), symbol)
+    click.echo(f"removed {symbol.upper()}")
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    click.echo("")
+    for symbol, info in summary["symbols"].items():
+        days = info["rows_per_day"]
+        click.echo(f"{symbol}: {info['status']}, last_backfill {info['last_backfill'] or '-'}, "
+                   f"{sum(days.values())} rows in {len(days)} day(s), {info['quarantined']} quarantined")
+        for day, rows in days.items():
+            click.echo(f"    {day}  {rows:>6} rows")
+        if info["error"]:
+            click.echo(f"    error: {info['error']}")
+        if info.get("warning"):
+            click.echo(f"    {info['warning']}")
+    click.echo(f"quarantined rows: {summary['quarantined_total']}")
+    click.echo(f"kafka: {summary['kafka']}")
+
+
+def _run_inline(settings: Settings, symbols: list[str] | None, start: str | None, end: str | None,
+                strategy: str | None) -> dict[str, Any]:
+    from tqdm import tqdm
+
+    from chronox.backfill import plan_run, run_summary
+    from chronox.tasks.backfill import inline_steps, run_inline
+
+    _engine(settings)
+    plan = plan_run(settings, symbols=symbols, start=start, end=end, strategy=strategy)
+    click.echo(plan.describe())
+    if not plan.symbols:
+        click.echo("nothing to run: no enabled symbols matched")
+        return run_summary(settings, [])
+    steps = inline_steps(plan)
+    with tqdm(total=len(steps), unit="task", desc="chronox", disable=None) as bar:
+        results = run_inline(steps, on_step=lambda name: bar.update(1))
+    for result in results:
+        if isinstance(result, dict) and result.get("error"):
+            click.echo(f"warning: {result.get('task') or result.get('day')}: {result['error']}", err=True)
+    return run_summary(settings, [s.symbol for s in plan.symbols])
+
+
+def _run_distributed(settings: Settings, symbols: list[str] | None, start: str | None,
+                     end: str | None, strategy: str | None, wait: bool, timeout: float) -> dict[str, Any] | None:
+    from tqdm import tqdm
+
+    from chronox.backfill import run_summary
+    from chronox.celery_app import app
+    from chronox.db import get_engine
+
+    result = app.send_task("chronox.registry.execute",
+                           kwargs={"symbols": symbols, "start": start, "end": end, "strategy": strategy})
+    click.echo(f"dispatched chronox.registry.execute as task {result.id}")
+    if not wait:
+        click.echo("follow it in Flower, or rerun with --wait")
+        return None
+    if settings.result_backend is None:
+        raise click.ClickException("--wait needs a result backend: set CHRONOX_RESULT_BACKEND")
+    plan = result.get(timeout=timeout, propagate=False)
+    if result.failed():
+        raise click.ClickException(f"registry execution failed: {plan}")
+    names = [s["symbol"] for s in plan["symbols"]]
+    click.echo(f"{len(names)} symbol(s), {len(plan['days'])} day file(s); "
+               f"flat files available up to {plan['newest_file_day'] or '-'}")
+    engine = get_engine(settings.database_url)
+    deadline = time.monotonic() + timeout
+    with tqdm(total=len(names), unit="symbol", desc="chronox", disable=None) as bar:
+        while True:
+            states = registry.status_of(engine, names)
+            finished = sum(1 for s in states.values() if s in ("completed", "error"))
+            bar.update(finished - bar.n)
+            if finished >= len(names):
+                break
+            if time.monotonic() > deadline:
+                raise click.ClickException(f"timed out after {timeout:.0f}s; still running: "
+                                           f"{', '.join(s for s, st in states.items() if st not in ('completed', 'error'))}")
+            time.sleep(0.5)
+    return run_summary(settings, names)
+
+
+def _show_plan(settings: Settings, names: list[str] | None, start: str | None, end: str | None,
+               strategy: str | None, as_json: bool) -> None:
+    from chronox.backfill import plan_run
+
+    plan = plan_run(settings, symbols=names, start=start, end=end, strategy=strategy)
+    if as_json:
+        click.echo(json.dumps(plan.as_dict(), indent=2))
+        return
+    click.echo(f"dry run: {plan.describe()}")
+    for day, symbols_of_day in plan.days.items():
+        click.echo(f"  chronox.phase.flatpack_day {day}: {', '.join(symbols_of_day)}")
+    for spec in plan.symbols:
+        click.echo(f"  {spec.symbol}: phases {'+'.join(spec.phases)}, {spec.start}..{spec.end}, "
+                   f"{len(spec.days)} day file(s)")
+
+
+@cli.command("run")
+@click.option("--symbols", "symbol_list", multiple=True, metavar="SYMBOL ...",
+              help="Symbols to run (default: every enabled symbol).")
+@click.option("--start", help="First day, YYYY-MM-DD (default: day after last_backfill).")
+@click.option("--end", help="Last day, YYYY-MM-DD (default: today, clipped to the newest file).")
+@click.option("--strategy", help="Override the registry strategy for this run.")
+@click.option("--wait", is_flag=True, help="With a broker: follow progress until done.")
+@click.option("--timeout", default=3600.0, show_default=True, help="Seconds --wait follows a run.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option("--snapshot-method", type=click.Choice(SNAPSHOT_METHODS),
+              help="How the snapshot phase reads prices (default CHRONOX_SNAPSHOT_METHOD or snapshot).")
+@click.option("--dry-run", is_flag=True, help="Show the task graph that would run (symbols, phases, days); touch nothing.")
+@_user_errors
+def run(symbol_list: tuple[str, ...], start: str | None, end: str | None, strategy: str | None,
+        wait: bool, timeout: float, as_json: bool, snapshot_method: str | None, dry_run: bool) -> None:
+    """Execute the registry: all enabled symbols, or those named."""
+    settings = _settings()
+    names = [s for item in symbol_list for s in item.replace(",", " ").split()] or None
+    if dry_run:
+        _show_plan(settings, names, start, end, strategy, as_json)
+        return
+    if snapshot_method:
+        if not settings.in_process:
+            raise click.UsageError("--snapshot-method applies to in-process runs; workers use their "
+                                   "CHRONOX_SNAPSHOT_METHOD (or run `chronox snapshot --snapshot-method`)")
+        os.environ["CHRONOX_SNAPSHOT_METHOD"] = snapshot_method  # the tasks read their settings
+        settings = _settings()
+    if settings.in_process:
+        summary = _run_inline(settings, names, start, end, strategy)
+    else:
+        summary = _run_distributed(settings, names, start, end, strategy, wait, timeout)
+    if summary is None:
+        return
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+    else:
+        _print_summary(summary)
+    if any(info["status"] == "error" for info in summary["symbols"].values()):
+        sys.exit(2)
+
+
+@cli.command("demo")
+@click.option("--data-dir", default="chronox-demo-flatfiles", show_default=True,
+              help="Where the synthetic day files are written.")
+@_user_errors
+def demo(data_dir: str) -> None:
+    """Offline demo: synthetic flat files, three symbols, the full task graph in-process."""
+    from chronox.sample import write_sample_files
+
+    os.environ.pop("CHRONOX_BROKER_URL", None)  # the demo always runs in-process
+    os.environ["CHRONOX_PROVIDER"] = "replay"  # and offline, whatever key the shell has
+    root = Path(data_dir).resolve()
+    os.environ["CHRONOX_FLATFILES_URL"] = str(root)
+    settings = _settings()
+    click.echo(f"database: {settings.database_url}")
+    click.echo(f"writing SYNTHETIC sample day files (not real prices) to {root}")
+    written = write_sample_files(root, DEMO_START, DEMO_END, DEMO_SYMBOLS + DEMO_OTHER_TICKERS)
+    click.echo(f"  {len(written)} trading days {DEMO_START}..{DEMO_END} "
+               f"(Thanksgiving 2024-11-28 closed, 2024-11-29 early close), "
+               f"{sum(written.values())} rows for {len(DEMO_SYMBOLS + DEMO_OTHER_TICKERS)} tickers")
+    click.echo("REST phases use the REPLAY provider (CHRONOX_PROVIDER=replay): Polygon's REST calls "
+               "are answered from these local day files; no POLYGON_API_KEY, nothing leaves this machine")
+    engine = _engine(settings)
+    for symbol, strategy in DEMO_STRATEGIES.items():
+        try:
+            registry.add_symbol(engine, symbol, strategy)
+        except InvalidInput:
+            registry.update_symbol(engine, symbol, strategy=strategy, enabled=True)
+        click.echo(f"registered {symbol} with strategy {strategy}")
+    summary = _run_inline(settings, list(DEMO_SYMBOLS), DEMO_START.isoformat(), DEMO_END.isoformat(), None)
+    _print_summary(summary)
+    _print_rest_extras(engine)
+    click.echo("(prices above are synthetic sample data)")
+
+
+def _print_rest_extras(engine: Any) -> None:
+    from sqlalchemy import func, select
+
+    from chronox.models import Coverage, Ohlcv1d, SnapshotLatest
+
+    with engine.connect() as conn:
+        api_days = dict(conn.execute(select(Coverage.symbol, func.count()).where(Coverage.source == "api")
+                                     .group_by(Coverage.symbol)).all())
+        daily = dict(conn.execute(select(Ohlcv1d.symbol, func.count()).group_by(Ohlcv1d.symbol)).all())
+        snaps = conn.execute(select(SnapshotLatest).order_by(SnapshotLatest.symbol)).all()
+    for symbol, days in sorted(api_days.items()):
+        click.echo(f"api phase: {symbol} gap day(s) filled from REST minute aggregates: {days}")
+    for symbol, days in sorted(daily.items()):
+        click.echo(f"daily bars (ohlcv_1d): {symbol} {days} day(s)")
+    for snap in snaps:
+        click.echo(f"snapshot: {snap.symbol} {snap.price} at {isoformat_utc(snap.ts)} ({snap.method})")
+
+
+@cli.command("gaps")
+@click.argument("symbol_args", nargs=-1, metavar="[SYMBOL]...")
+@click.option("--start", help="First day, YYYY-MM-DD (default: day after last_backfill).")
+@click.option("--end", help="Last day, YYYY-MM-DD (default: today; only complete sessions count).")
+@click.option("--json", "as_json", is_flag=True)
+@_user_errors
+def gaps_command(symbol_args: tuple[str, ...], start: str | None, end: str | None, as_json: bool) -> None:
+    """List NYSE trading days without coverage (default: every enabled symbol that backfills)."""
+    from chronox.gaps import find_gaps
+
+    settings = _settings()
+    _engine(settings)
+    found = find_gaps(settings, list(symbol_args) or None, start, end)
+    if as_json:
+        click.echo(json.dumps([g.as_dict() for g in found], indent=2))
+        return
+    if not found:
+        click.echo("no enabled symbol with a flatpack or api phase")
+    for g in found:
+        click.echo(f"{g.symbol}: {len(g.gaps) or 'no'} gap day(s) in {g.since}..{g.until}")
+        for first, last in g.windows:
+            days = [d.isoformat() for d in g.gaps if first <= d <= last]
+            click.echo(f"    window {first}..{last}: {', '.join(days)}")
+
+
+@cli.command("snapshot")
+@click.argument("symbol_args", nargs=-1, metavar="[SYMBOL]...")
+@click.option("--snapshot-method", type=click.Choice(SNAPSHOT_METHODS),
+              help="snapshot (batched all-tickers snapshot), agg (latest minute) or rest (last trade).")
+@click.option("--json", "as_json", is_flag=True)
+@_user_errors
+def snapshot_command(symbol_args: tuple[str, ...], snapshot_method: str | None, as_json: bool) -> None:
+    """Refresh snapshots now (default: every enabled symbol with the snapshot phase)."""
+    from chronox import snapshot
+    from chronox.strategy import validate_symbol
+
+    settings = _settings()
+    names = [validate_symbol(s) for s in symbol_args]
+    if not settings.in_process:
+        from chronox.celery_app import app
+
+        name, kwargs = (("chronox.snapshot.batch", {"symbols": names, "method": snapshot_method}) if names
+                        else ("chronox.snapshot.refresh", {"method": snapshot_method}))
+        click.echo(f"dispatched {name} as task {app.send_task(name, kwargs=kwargs).id}")
+        return
+    _engine(settings)
+    names = names or snapshot.snapshot_symbols(settings)
+    outcome = snapshot.refresh(settings, names, snapshot_method)
+    if as_json:
+        click.echo(json.dumps(outcome, indent=2))
+        return
+    if outcome.get("skipped"):
+        click.echo(outcome["skipped"])
+        return
+    click.echo(f"{outcome['stored']} of {outcome['symbols']} snapshot(s) stored ({outcome['method']}, "
+               f"{outcome.get('provider', '-')})")
+    if outcome["missing"]:
+        click.echo(f"no price for: {', '.join(outcome['missing'])}")
+
+
+@cli.command("stream")
+@_user_errors
+def stream_command() -> None:
+    """Run the Polygon websocket stream until SIGTERM/SIGINT (one process per deployment)."""
+    from chronox.sources.websocket import AuthFailed
+    from chronox.stream import run_stream
+
+    settings = _settings()
+    _engine(settings)
+    logging.getLogger("chronox").setLevel(logging.INFO)  # a service: reconnects and stats belong in its log
+    gap_fill = None
+    if not settings.in_process:
+        from chronox.tasks.stream import send_gap_fill as gap_fill
+    try:
+        code, stats = run_stream(settings, gap_fill)
+    except AuthFailed as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(json.dumps({"event": "stream_stopped", **stats}))
+    sys.exit(code)
+
+
+@cli.command("status")
+@click.option("--json", "as_json", is_flag=True)
+@_user_errors
+def status(as_json: bool) -> None:
+    """Registry counts by status, symbols in error, stale streams, last stamps per symbol."""
+    report = registry.status_report(_engine(_settings()))
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    click.echo(f"{report['total']} symbol(s): " + ", ".join(f"{n} {s}" for s, n in report["by_status"].items()))
+    for item in report["errors"]:
+        click.echo(f"error  {item['symbol']}: {item['error_message']}")
+    for item in report["stale_streams"]:
+        click.echo(f"stale  {item['symbol']}: {item['error_message']}")
+    if report["symbols"]:
+        click.echo(f"{'SYMBOL':<10} {'STATUS':<10} {'LAST_BACKFILL':<13} {'LAST_SNAPSHOT':<21} LAST_STREAM")
+    for r in report["symbols"]:
+        click.echo(f"{r['symbol']:<10} {r['status']:<10} {r['last_backfill'] or '-':<13} "
+                   f"{r['last_snapshot'] or '-':<21} {r['last_stream'] or '-'}")
+
+
+def _beat_entries() -> dict[str, Any]:
+    import importlib
+
+    import celeryconfig
+
+    _settings()  # a bad schedule variable is a one-line error, not a traceback
+    return importlib.reload(celeryconfig).beat_schedule
+
+
+@cli.group("schedule", invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+@_user_errors
+def schedule(ctx: click.Context, as_json: bool) -> None:
+    """Print Celery beat's effective schedule with the next run times."""
+    if ctx.invoked_subcommand is not None:
+        return
+    now = dt.datetime.now(dt.timezone.utc)
+    entries = []
+    for name, entry in _beat_entries().items():
+        every = entry["schedule"]
+        if isinstance(every, (int, float)):
+            when, next_run = f"every {every:g}s", (now + dt.timedelta(seconds=every))
+        else:
+            when, next_run = f"cron {every._orig_minute} {every._orig_hour} {every._orig_day_of_month} " \
+                f"{every._orig_month_of_year} {every._orig_day_of_week} UTC", \
+                (now + every.remaining_estimate(now) + dt.timedelta(seconds=1)).replace(second=0, microsecond=0)
+        entries.append({"job": name, "task": entry["task"], "schedule": when, "queue": entry["options"]["queue"],
+                        "expires_s": entry["options"]["expires"], "next_run": next_run.isoformat(timespec="seconds")})
+    if as_json:
+        click.echo(json.dumps(entries, indent=2))
+        return
+    if not entries:
+        click.echo("scheduler disabled (CHRONOX_ENABLE_SCHEDULER=false)")
+    for e in entries:
+        approx = "~" if e["schedule"].startswith("every") else ""
+        click.echo(f"{e['job']:<18} {e['task']:<34} {e['schedule']:<26} next {approx}{e['next_run']}")
+
+
+@schedule.command("trigger")
+@click.argument("job")
+@_user_errors
+def schedule_trigger(job: str) -> None:
+    """Run one scheduled JOB now (replaces POST /api/v1/scheduler/trigger/{job_id})."""
+    entries = _beat_entries()
+    if job not in entries:
+        raise click.ClickException(f"unknown job {job!r}; jobs: {', '.join(entries) or 'none (scheduler disabled)'}")
+    from chronox.celery_app import app
+
+    app.loader.import_default_modules()
+    entry = entries[job]
+    settings = _settings()
+    if settings.in_process and entry["task"] == "chronox.schedule.nightly_gap_scan":
+        # No broker to send the backfills to: run each one here.
+        from chronox.scheduling import gap_scan
+
+        _engine(settings)
+        found = gap_scan(settings)
+        click.echo(f"{found['with_gaps']} symbol(s) with gaps; backfilling {len(found['dispatch'])}")
+        for item in found["dispatch"]:
+            _print_summary(_run_inline(settings, [item["symbol"]], item["start"], item["end"], None))
+        return
+    if settings.in_process:
+        _engine(settings)
+        outcome = app.tasks[entry["task"]].apply()
+        if outcome.failed():
+            raise click.ClickException(f"{job} failed: {outcome.result}")
+        click.echo(json.dumps(outcome.result, indent=2, default=str))
+        return
+    result = app.send_task(entry["task"], queue=entry["options"]["queue"])
+    click.echo(f"dispatched {entry['task']} as task {result.id}")
+
+
+def _expand_variadic(argv: list[str], option: str = "--symbols") -> list[str]:
+    """Let `--symbols A B C` mean `--symbols A --symbols B --symbols C` (click has no nargs=-1 options)."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        if token == option:
+            i += 1
+            while i < len(argv) and not argv[i].startswith("-"):
+                out.extend([option, argv[i]])
+                i += 1
+            continue
+        out.append(token)
+        i += 1
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    cli.main(args=_expand_variadic(list(sys.argv[1:] if argv is None else argv)), prog_name="chronox")
+
+
+if __name__ == "__main__":
+    main()

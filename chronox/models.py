@@ -1,0 +1,180 @@
+"""SQLAlchemy 2.0 typed models; Alembic migrations must agree with these (tested)."""
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Date,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    String,
+    Text,
+    func,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+REGISTRY_STATUSES = ("idle", "scheduled", "running", "completed", "error")
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class SymbolRegistry(Base):
+    __tablename__ = "symbol_registry"
+
+    symbol: Mapped[str] = mapped_column(String(10), primary_key=True)
+    strategy: Mapped[str] = mapped_column(String(64))
+    timeframe: Mapped[str] = mapped_column(String(8), default="1m", server_default="1m")
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True, server_default="1")
+    last_backfill: Mapped[dt.date | None] = mapped_column(Date)
+    last_snapshot: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    last_stream: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    status: Mapped[str] = mapped_column(String(16), default="idle", server_default="idle")
+    error_message: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+    updated_at: Mapped[dt.datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
+    )
+
+
+class BarColumns:
+    """The columns every bar table shares, after its key."""
+
+    open: Mapped[float] = mapped_column(Float)
+    high: Mapped[float] = mapped_column(Float)
+    low: Mapped[float] = mapped_column(Float)
+    close: Mapped[float] = mapped_column(Float)
+    volume: Mapped[float] = mapped_column(Float)
+    vwap: Mapped[float | None] = mapped_column(Float)
+    transactions: Mapped[int | None] = mapped_column(Integer)
+    source: Mapped[str] = mapped_column(String(16))
+
+
+class Ohlcv1m(BarColumns, Base):
+    __tablename__ = "ohlcv_1m"
+
+    # The natural key is the primary key: idempotent writes and source precedence hinge on it.
+    symbol: Mapped[str] = mapped_column(String(10), primary_key=True)
+    ts: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
+
+
+class Coverage(Base):
+    """One row per symbol and trading day ingested: a gap is a trading day without one."""
+
+    __tablename__ = "coverage"
+
+    symbol: Mapped[str] = mapped_column(String(10), primary_key=True)
+    trading_day: Mapped[dt.date] = mapped_column(Date, primary_key=True)
+    source: Mapped[str] = mapped_column(String(16), primary_key=True)
+    rows: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[dt.datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
+    )
+
+
+class Quarantine(Base):
+    __tablename__ = "quarantine"
+    __table_args__ = (Index("ix_quarantine_origin", "origin"),)
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    origin: Mapped[str] = mapped_column(String(255))
+    symbol: Mapped[str | None] = mapped_column(String(32))
+    raw: Mapped[str | None] = mapped_column(Text)
+    reason: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+
+
+class PublishOutbox(Base):
+    """Symbol-days committed in db-first mode whose bars Kafka has not acknowledged yet."""
+
+    __tablename__ = "publish_outbox"
+
+    symbol: Mapped[str] = mapped_column(String(10), primary_key=True)
+    trading_day: Mapped[dt.date] = mapped_column(Date, primary_key=True)
+    source: Mapped[str] = mapped_column(String(16), primary_key=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+
+
+class TickerDetails(Base):
+    """Reference data of a symbol (Polygon ticker details), replaced on every flatpack run."""
+
+    __tablename__ = "ticker_details"
+
+    symbol: Mapped[str] = mapped_column(String(10), primary_key=True)
+    name: Mapped[str | None] = mapped_column(String(255))
+    market: Mapped[str | None] = mapped_column(String(32))
+    primary_exchange: Mapped[str | None] = mapped_column(String(16))
+    type: Mapped[str | None] = mapped_column(String(16))
+    active: Mapped[bool | None] = mapped_column(Boolean)
+    currency: Mapped[str | None] = mapped_column(String(16))
+    list_date: Mapped[dt.date | None] = mapped_column(Date)
+    raw: Mapped[str] = mapped_column(Text)  # the whole answer, JSON: fields beyond the columns
+    updated_at: Mapped[dt.datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
+    )
+
+
+class Dividend(Base):
+    __tablename__ = "dividends"
+    __table_args__ = (Index("ix_dividends_symbol", "symbol"),)
+
+    id: Mapped[str] = mapped_column(String(100), primary_key=True)  # Polygon's id
+    symbol: Mapped[str] = mapped_column(String(10))
+    ex_dividend_date: Mapped[dt.date] = mapped_column(Date)
+    record_date: Mapped[dt.date | None] = mapped_column(Date)
+    pay_date: Mapped[dt.date | None] = mapped_column(Date)
+    declaration_date: Mapped[dt.date | None] = mapped_column(Date)
+    cash_amount: Mapped[float] = mapped_column(Float)
+    currency: Mapped[str | None] = mapped_column(String(8))
+    frequency: Mapped[int | None] = mapped_column(Integer)
+    dividend_type: Mapped[str | None] = mapped_column(String(8))
+
+
+class Split(Base):
+    __tablename__ = "splits"
+    __table_args__ = (Index("ix_splits_symbol", "symbol"),)
+
+    id: Mapped[str] = mapped_column(String(100), primary_key=True)  # Polygon's id
+    symbol: Mapped[str] = mapped_column(String(10))
+    execution_date: Mapped[dt.date] = mapped_column(Date)
+    split_from: Mapped[float] = mapped_column(Float)
+    split_to: Mapped[float] = mapped_column(Float)
+
+
+class Ohlcv1d(BarColumns, Base):
+    """Daily bars from Polygon's day aggregates; `day` is the New York trading day."""
+
+    __tablename__ = "ohlcv_1d"
+
+    symbol: Mapped[str] = mapped_column(String(10), primary_key=True)
+    day: Mapped[dt.date] = mapped_column(Date, primary_key=True)
+
+
+class SnapshotLatest(Base):
+    """The newest snapshot taken of each symbol (the `snapshot` phase)."""
+
+    __tablename__ = "snapshot_latest"
+
+    symbol: Mapped[str] = mapped_column(String(10), primary_key=True)
+    ts: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))  # market time of the price
+    price: Mapped[float] = mapped_column(Float)
+    # Volume behind the price: the day's (snapshot), the minute's (agg) or the trade's size (rest).
+    volume: Mapped[float | None] = mapped_column(Float)
+    prev_close: Mapped[float | None] = mapped_column(Float)
+    method: Mapped[str] = mapped_column(String(16))
+    fetched_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))

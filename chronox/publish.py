@@ -1,0 +1,200 @@
+"""Kafka envelopes (one per bar) and the Redis mirror: pub/sub plus a latest-price cache.
+
+Publishing is off when CHRONOX_KAFKA_BROKERS is unset; that is said once in the log and
+reported in run summaries.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from collections.abc import Iterable
+from typing import Any
+
+from chronox.settings import Settings
+
+log = logging.getLogger(__name__)
+
+ENVELOPE_VERSION = "v1"
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True).encode
+
+
+# At-least-once: every message acknowledged by all in-sync replicas, retried on
+# transient errors; bounded blocking so an unreachable Kafka fails a task instead of
+# hanging it.
+PRODUCER_SETTINGS: dict[str, Any] = {
+    "acks": "all",
+    "linger_ms": 5,
+    "batch_size": 256 * 1024,
+    "max_block_ms": 10_000,
+    "request_timeout_ms": 10_000,
+    "retries": 5,
+    "retry_backoff_ms": 200,
+    "max_in_flight_requests_per_connection": 5,
+}
+
+
+class PublishError(RuntimeError):
+    """Kafka did not acknowledge every message; the caller's transaction must not count them as sent."""
+
+
+def topic_for(kind: str, symbol: str, topic_mode: str = "per-symbol") -> str:
+    if topic_mode == "per-kind":
+        return f"chronox.{kind}"
+    return f"chronox.{kind}.{symbol}"
+
+
+def dedup_key(symbol: str, tf: str, ts_iso: str) -> str:
+    return f"{symbol}|{tf}|{ts_iso}"
+
+
+def bar_envelope(symbol: str, tf: str, ts_iso: str, open_: float, high: float, low: float,
+                 close: float, volume: float, source: str) -> dict[str, Any]:
+    return {
+        "event": "bar",
+        "symbol": symbol,
+        "tf": tf,
+        "ts": ts_iso,
+        "ohlcv": {"open": open_, "high": high, "low": low, "close": close, "volume": volume},
+        "features": {},
+        "source": source,
+        "version": ENVELOPE_VERSION,
+        "dedup_key": dedup_key(symbol, tf, ts_iso),
+    }
+
+
+class KafkaPublisher:
+    """A kafka-python producer tuned for throughput with at-least-once delivery.
+
+    Failures are collected from callbacks and raised by flush(), so a caller can decide
+    whether to commit its database transaction.
+    """
+
+    def __init__(self, brokers: Iterable[str], topic_mode: str = "per-symbol",
+                 **producer_overrides: Any):
+        from kafka import KafkaProducer
+
+        config: dict[str, Any] = {**PRODUCER_SETTINGS, "bootstrap_servers": list(brokers), **producer_overrides}
+        self.topic_mode = topic_mode
+        self._producer = KafkaProducer(**config)
+        self._errors: list[BaseException] = []
+        self.sent = 0
+
+    def _failed(self, exc: BaseException) -> None:
+        self._errors.append(exc)
+
+    def send(self, kind: str, symbol: str, payload: dict[str, Any]) -> None:
+        topic = topic_for(kind, symbol, self.topic_mode)
+        future = self._producer.send(topic, key=symbol.encode(), value=_dumps(payload).encode())
+        future.add_errback(self._failed)
+        self.sent += 1
+
+    def send_bar(self, symbol: str, tf: str, ts_iso: str, open_: float, high: float, low: float,
+                 close: float, volume: float, source: str, kind: str = "backfill") -> None:
+        self.send(kind, symbol, bar_envelope(symbol, tf, ts_iso, open_, high, low, close, volume, source))
+
+    def flush(self, timeout: float = 60.0) -> None:
+        try:
+            self._producer.flush(timeout=timeout)
+        except Exception as exc:  # kafka-python raises KafkaTimeoutError and friends
+            raise PublishError(f"Kafka flush failed: {exc}") from exc
+        if self._errors:
+            first, count = self._errors[0], len(self._errors)
+            self._errors = []
+            raise PublishError(f"Kafka rejected {count} message(s): {first}")
+
+    def close(self) -> None:
+        try:
+            self._producer.close(timeout=5)
+        except Exception:  # closing a producer whose broker is gone must not mask the real error
+            log.debug("producer close failed", exc_info=True)
+
+
+_publisher_lock = threading.Lock()
+_publishers: dict[tuple[int, tuple[str, ...], str], KafkaPublisher] = {}
+_said_off = False
+
+
+def get_publisher(settings: Settings) -> KafkaPublisher | None:
+    """The process's producer (one per forked worker child), or None when publishing is off."""
+    global _said_off
+    if not settings.kafka_enabled:
+        if not _said_off:
+            log.warning("Kafka publishing is off: CHRONOX_KAFKA_BROKERS is unset")
+            _said_off = True
+        return None
+    key = (os.getpid(), settings.kafka_brokers, settings.kafka_topic_mode)
+    with _publisher_lock:
+        publisher = _publishers.get(key)
+        if publisher is None:
+            publisher = _publishers[key] = KafkaPublisher(settings.kafka_brokers, settings.kafka_topic_mode)
+        return publisher
+
+
+def drop_publisher(settings: Settings) -> None:
+    """Forget a producer after a failure so the next attempt reconnects from scratch."""
+    key = (os.getpid(), settings.kafka_brokers, settings.kafka_topic_mode)
+    with _publisher_lock:
+        publisher = _publishers.pop(key, None)
+    if publisher is not None:
+        publisher.close()
+
+
+def kafka_status(settings: Settings) -> str:
+    if not settings.kafka_enabled:
+        return "off (CHRONOX_KAFKA_BROKERS unset)"
+    return f"on ({', '.join(settings.kafka_brokers)}, {settings.publish_mode})"
+
+
+class RedisMirror:
+    """Pub/sub mirror of events and the `latest_price:{symbol}` cache."""
+
+    PRICE_TTL_SECONDS = 60
+
+    def __init__(self, url: str):
+        import redis
+
+        self._redis = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+
+    @property
+    def client(self):  # type: ignore[no-untyped-def]
+        return self._redis
+
+    def publish(self, kind: str, symbol: str, payload: dict[str, Any]) -> None:
+        self._redis.publish(f"chronox.{kind}.{symbol}", _dumps(payload))
+
+    def cache_price(self, symbol: str, payload: dict[str, Any]) -> None:
+        self._redis.set(f"latest_price:{symbol}", _dumps(payload), ex=self.PRICE_TTL_SECONDS)
+
+
+def get_mirror(settings: Settings) -> RedisMirror | None:
+    return RedisMirror(settings.redis_url) if settings.redis_url else None
+
+
+def announce(settings: Settings, kind: str, symbol: str, event: dict[str, Any]) -> bool:
+    """Publish a single event (completion, activation) to Kafka and the Redis mirror.
+
+    Returns whether Kafka took it. In kafka-first mode a Kafka failure is raised (the
+    task retries); in db-first mode the database is the record and the event is only
+    logged as missed.
+    """
+    from kafka.errors import KafkaError
+
+    mirror = get_mirror(settings)
+    if mirror is not None:
+        mirror.publish(kind, symbol, event)
+    if not settings.kafka_enabled:
+        return False
+    try:
+        publisher = get_publisher(settings)
+        assert publisher is not None
+        publisher.send(kind, symbol, event)
+        publisher.flush()
+        return True
+    except (PublishError, KafkaError) as exc:
+        drop_publisher(settings)
+        if settings.publish_mode == "kafka-first":
+            raise
+        log.warning("%s event for %s not published: %s", event.get("event", kind), symbol, exc)
+        return False

@@ -1,0 +1,175 @@
+"""The snapshot phase: the current market state of symbols, stored (latest per symbol),
+cached in Redis as `latest_price:{symbol}` (60 s TTL), mirrored on Redis pub/sub,
+published to Kafka as a snapshot event, and stamped on the registry as last_snapshot.
+
+Methods: `snapshot` (Polygon's all-tickers snapshot, many tickers per request), `agg`
+(the latest minute aggregate) and `rest` (the last trade), one request per symbol each.
+A snapshot event is not a bar and has no outbox: in db-first mode a Kafka failure after
+the commit fails the task, whose retry takes a fresh snapshot.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from kafka.errors import KafkaError
+from sqlalchemy import Connection, select
+
+from chronox.bars import UTC, isoformat_utc
+from chronox.db import get_engine
+from chronox.models import SnapshotLatest, SymbolRegistry
+from chronox.publish import (
+    ENVELOPE_VERSION,
+    PublishError,
+    RedisMirror,
+    drop_publisher,
+    get_mirror,
+    get_publisher,
+)
+from chronox.rest import get_provider, skipped, touch_registry
+from chronox.settings import SNAPSHOT_METHODS, Settings
+from chronox.sources.polygon import Provider, Snapshot
+from chronox.strategy import InvalidInput, parse_strategy
+
+log = logging.getLogger(__name__)
+
+SNAPSHOT_COLUMNS = ("ts", "price", "volume", "prev_close", "method", "fetched_at")
+SNAPSHOTS = SnapshotLatest.__table__
+
+
+def envelope(snap: Snapshot) -> dict[str, Any]:
+    return {"event": "snapshot", "symbol": snap.symbol, "ts": isoformat_utc(snap.ts), "price": snap.price,
+            "volume": snap.volume, "prev_close": snap.prev_close, "method": snap.method,
+            "source": "snapshot", "version": ENVELOPE_VERSION}
+
+
+def snapshot_symbols(settings: Settings) -> list[str]:
+    table = SymbolRegistry.__table__
+    with get_engine(settings.database_url).connect() as conn:
+        rows = conn.execute(select(table.c.symbol, table.c.strategy).where(table.c.enabled.is_(True))
+                            .order_by(table.c.symbol)).all()
+    return [symbol for symbol, strategy in rows if "snapshot" in parse_strategy(strategy)]
+
+
+def batches(symbols: Sequence[str], size: int) -> list[list[str]]:
+    return [list(symbols[i:i + size]) for i in range(0, len(symbols), size)]
+
+
+def check_method(method: str | None, settings: Settings) -> str:
+    method = (method or settings.snapshot_method).lower()
+    if method not in SNAPSHOT_METHODS:
+        raise InvalidInput(f"unknown snapshot method {method!r}; use one of {', '.join(SNAPSHOT_METHODS)}")
+    return method
+
+
+def fetch(provider: Provider, symbols: Sequence[str], method: str, batch: int) -> list[Snapshot]:
+    if method == "snapshot":
+        return [s for chunk in batches(symbols, batch) for s in provider.snapshots(chunk)]
+    one = provider.last_minute_agg if method == "agg" else provider.last_trade
+    return [s for s in (one(symbol) for symbol in symbols) if s is not None]
+
+
+def _dialect_insert(conn: Connection) -> Any:
+    """The dialect's INSERT construct, the one with ON CONFLICT."""
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert
+
+
+def _store(settings: Settings, snaps: Sequence[Snapshot], fetched_at: dt.datetime) -> None:
+    # One row per symbol: a multi-row upsert may not touch the same row twice.
+    rows = list({s.symbol: {"symbol": s.symbol, "ts": s.ts, "price": s.price, "volume": s.volume,
+                            "prev_close": s.prev_close, "method": s.method, "fetched_at": fetched_at}
+                 for s in snaps}.values())
+    if not rows:
+        return
+    with get_engine(settings.database_url).begin() as conn:
+        statement = _dialect_insert(conn)(SNAPSHOTS)
+        # RETURNING makes SQLAlchemy 2.0 batch the rows into multi-row statements; without
+        # it an executemany of INSERT .. ON CONFLICT is one round trip per row.
+        conn.execute(statement.on_conflict_do_update(
+            index_elements=["symbol"], set_={c: statement.excluded[c] for c in SNAPSHOT_COLUMNS}
+        ).returning(SNAPSHOTS.c.symbol), rows)
+        touch_registry(conn, [r["symbol"] for r in rows], last_snapshot=fetched_at)
+
+
+def _publish(settings: Settings, events: Sequence[dict[str, Any]]) -> None:
+    try:
+        publisher = get_publisher(settings)
+        if publisher is None:
+            return
+        for event in events:
+            publisher.send("snapshot", event["symbol"], event)
+        publisher.flush()
+    except (PublishError, KafkaError):
+        drop_publisher(settings)
+        raise
+
+
+class _PipelinedMirror(RedisMirror):
+    """The same keys, channels and TTL as RedisMirror, queued on a pipeline: one round trip
+    per batch instead of two per symbol."""
+
+    def __init__(self, mirror: RedisMirror):
+        self._redis = mirror.client.pipeline(transaction=False)
+
+    def execute(self) -> None:
+        self._redis.execute()
+
+
+def _mirror(settings: Settings, events: Sequence[dict[str, Any]]) -> None:
+    mirror = get_mirror(settings)
+    if mirror is None:
+        return
+    batch = _PipelinedMirror(mirror)
+    for event in events:
+        batch.cache_price(event["symbol"], event)
+        batch.publish("snapshot", event["symbol"], event)
+    batch.execute()
+
+
+def record(settings: Settings, snaps: Sequence[Snapshot], fetched_at: dt.datetime | None = None) -> None:
+    """Store, cache, mirror and publish snapshots in the order of the publish mode."""
+    fetched_at = fetched_at or dt.datetime.now(UTC)
+    events = [envelope(s) for s in snaps]
+    if settings.publish_mode == "kafka-first":
+        _publish(settings, events)
+        _mirror(settings, events)
+        _store(settings, snaps, fetched_at)
+    else:
+        _store(settings, snaps, fetched_at)
+        _publish(settings, events)
+        _mirror(settings, events)
+
+
+def refresh_batches(settings: Settings, method: str | None = None) -> tuple[str, list[list[str]]]:
+    """The periodic refresh's work: every enabled snapshot symbol, in batches of CHRONOX_SNAPSHOT_BATCH."""
+    method = check_method(method, settings)
+    size = settings.snapshot_batch
+    if method != "snapshot" and settings.polygon_rate_limit:
+        # agg and rest make a request per symbol; one per task keeps a task waiting for
+        # budget off the worker instead of sleeping between its requests.
+        size = 1
+    return method, batches(snapshot_symbols(settings), size)
+
+
+def refresh(settings: Settings, symbols: Sequence[str], method: str | None = None) -> dict[str, Any]:
+    """Take and record snapshots of `symbols`; the per-symbol phase passes one symbol."""
+    method = check_method(method, settings)
+    if not symbols:
+        return {"method": method, "symbols": 0, "stored": 0, "missing": []}
+    provider = get_provider(settings)
+    if provider is None:
+        return skipped(settings, symbols, "snapshot")
+    snaps = fetch(provider, symbols, method, settings.snapshot_batch)
+    record(settings, snaps)
+    got = {s.symbol for s in snaps}
+    missing = [s for s in symbols if s not in got]
+    if missing:
+        log.info("no %s price for %d symbol(s), e.g. %s", method, len(missing), ", ".join(missing[:5]))
+    return {"method": method, "provider": provider.name, "symbols": len(symbols), "stored": len(snaps),
+            "missing": missing[:50]}

@@ -1,0 +1,363 @@
+"""Polygon REST through polygon-api-client's RESTClient, made fit for retries.
+
+What polygon-api-client 1.16 does not do for us, and this module does:
+- Failures come out classified: TransientPolygonError (429, 5xx, timeouts, connection
+  errors; carries Retry-After) or PolygonError (other 4xx, malformed answers). The
+  client's own urllib3 retries would hide both the status and Retry-After, and it turns
+  a malformed body into an empty result, so its pool is replaced and every call is made
+  with raw=True and validated here.
+- Timeouts apply (the client builds a Timeout but never passes it on).
+- Every request, pages included, spends the shared request budget (chronox.ratelimit).
+- Timestamps are normalized at this edge: aggregates carry epoch ms, snapshots and
+  trades epoch ns; everything leaves as UTC datetimes.
+- The API key never appears in an error message: it travels in the Authorization header
+  only, `apiKey` is stripped from `next_url`, and messages are scrubbed anyway.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import email.utils
+import json
+import math
+import re
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+import urllib3
+
+from chronox.bars import UTC, Bar, ts_from_ms, ts_from_ns
+from chronox.calendar import NEW_YORK, day_bounds_utc
+from chronox.ratelimit import RateLimiter, RequestBudget
+from chronox.settings import Settings
+
+TRANSIENT_STATUSES = frozenset({408, 425, 429, 499}) | frozenset(range(500, 600))
+AGGS_PAGE_LIMIT = 50_000  # Polygon's maximum; a 7-day window of minute bars fits one page
+_API_KEY_PARAM = re.compile(r"(apiKey=)[^&\s'\"]+", re.IGNORECASE)
+
+
+class PolygonError(Exception):
+    """Polygon refused the request or answered nonsense; retrying will not help."""
+
+
+class TransientPolygonError(PolygonError):
+    """Worth retrying later; retry_after is Polygon's Retry-After in seconds, if it sent one."""
+
+    def __init__(self, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def scrub(text: str, secret: str | None) -> str:
+    text = _API_KEY_PARAM.sub(r"\1***", text)
+    return text.replace(secret, "***") if secret else text
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - dt.datetime.now(UTC)).total_seconds())
+
+
+def _reason(body: bytes) -> str:
+    try:
+        payload = json.loads(body)
+        if isinstance(payload, dict):
+            text = payload.get("error") or payload.get("message") or payload.get("status")
+            if text:
+                return str(text)[:300]
+    except ValueError:
+        pass
+    return body[:120].decode("utf-8", "replace").strip() or "empty body"
+
+
+class _Pool(urllib3.PoolManager):
+    """The client's connection pool, with the budget spent and the answer classified per request."""
+
+    def __init__(self, budget: RequestBudget, secret: str, **kwargs: Any):
+        super().__init__(**kwargs)
+        self._budget = budget
+        self._secret = secret
+
+    def urlopen(self, method: str, url: str, redirect: bool = True, **kw: Any) -> Any:  # type: ignore[override]
+        path = urlsplit(url).path
+        self._budget.before_request()
+        try:
+            response = super().urlopen(method, url, redirect=redirect, **kw)
+        except urllib3.exceptions.HTTPError as exc:  # timeouts, refused and reset connections
+            raise TransientPolygonError(scrub(f"{path}: {type(exc).__name__}: {exc}", self._secret)) from None
+        if response.status == 200:
+            return response
+        message = scrub(f"Polygon answered {response.status} ({_reason(response.data)}) for {path}",
+                        self._secret)
+        if response.status in TRANSIENT_STATUSES:
+            raise TransientPolygonError(message, _retry_after(response.headers.get("Retry-After")))
+        raise PolygonError(message)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    symbol: str
+    ts: dt.datetime  # UTC, market time of the price
+    price: float
+    volume: float | None  # the day's (snapshot), the minute's (agg) or the trade's size (rest)
+    prev_close: float | None
+    method: str
+
+
+class Provider(Protocol):
+    """What the REST phases need; PolygonRest and the replay provider both answer it."""
+
+    name: str
+
+    def minute_bars(self, symbol: str, first: dt.date, last: dt.date) -> list[Bar]: ...
+    def daily_bars(self, symbol: str, first: dt.date, last: dt.date) -> list[Bar]: ...
+    def ticker_details(self, symbol: str) -> dict[str, Any]: ...
+    def dividends(self, symbol: str) -> list[dict[str, Any]]: ...
+    def splits(self, symbol: str) -> list[dict[str, Any]]: ...
+    def snapshots(self, symbols: Sequence[str]) -> list[Snapshot]: ...
+    def last_trade(self, symbol: str) -> Snapshot | None: ...
+    def last_minute_agg(self, symbol: str) -> Snapshot | None: ...
+
+
+def _malformed(what: str, detail: str) -> PolygonError:
+    return PolygonError(f"malformed response to {what}: {detail}")
+
+
+def _number(record: dict[str, Any], key: str, what: str, required: bool = True) -> float | None:
+    value = record.get(key)
+    if value is None and not required:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _malformed(what, f"field {key!r} is {value!r}, not a number")
+    return float(value)
+
+
+def _int(record: dict[str, Any], key: str, what: str, required: bool = True) -> int | None:
+    value = record.get(key)
+    if value is None and not required:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _malformed(what, f"field {key!r} is {value!r}, not an integer")
+    return value
+
+
+def _id(record: dict[str, Any], what: str) -> str:
+    value = record.get("id")
+    if not isinstance(value, str) or not value:
+        raise _malformed(what, f"record without an id: {str(record)[:80]}")
+    return value
+
+
+def _date(record: dict[str, Any], key: str, what: str, required: bool = True) -> dt.date | None:
+    value = record.get(key)
+    if value is None and not required:
+        return None
+    try:
+        return dt.date.fromisoformat(str(value))
+    except ValueError:
+        raise _malformed(what, f"field {key!r} is {value!r}, not a date") from None
+
+
+def agg_bar(symbol: str, record: Any, source: str, what: str) -> Bar:
+    """A bar from an aggregate record (epoch ms window start)."""
+    if not isinstance(record, dict):
+        raise _malformed(what, f"result {record!r} is not an object")
+    return Bar(symbol, ts_from_ms(_int(record, "t", what)), _number(record, "o", what),
+               _number(record, "h", what), _number(record, "l", what), _number(record, "c", what),
+               _number(record, "v", what), _number(record, "vw", what, required=False),
+               _int(record, "n", what, required=False), source)
+
+
+def _ms(moment: dt.datetime) -> int:
+    return int(moment.timestamp() * 1000)
+
+
+class PolygonRest:
+    """The Provider backed by api.polygon.io (or CHRONOX_POLYGON_BASE_URL)."""
+
+    name = "polygon"
+
+    def __init__(self, settings: Settings, limiter: RateLimiter | None = None,
+                 page_limit: int = AGGS_PAGE_LIMIT):
+        from polygon import RESTClient
+
+        if not settings.polygon_api_key:
+            raise PolygonError("POLYGON_API_KEY is not set")
+        import certifi
+
+        self._secret = settings.polygon_api_key
+        self._page_limit = page_limit
+        self._base = settings.polygon_base_url.rstrip("/")
+        self._client = RESTClient(self._secret, base=self._base, retries=0, pagination=False)
+        self.budget = RequestBudget(limiter)
+        self._pool = _Pool(self.budget, self._secret, num_pools=4, headers=self._client.headers,
+                           ca_certs=certifi.where(), cert_reqs="CERT_REQUIRED", retries=False,
+                           timeout=urllib3.Timeout(connect=min(10.0, settings.polygon_timeout),
+                                                   read=settings.polygon_timeout))
+        self._client.client = self._pool
+
+    def _json(self, response: Any, what: str) -> dict[str, Any]:
+        try:
+            payload = json.loads(response.data)
+        except ValueError as exc:
+            raise _malformed(what, f"not JSON ({exc})") from None
+        if not isinstance(payload, dict):
+            raise _malformed(what, "not a JSON object")
+        if payload.get("status") not in ("OK", "DELAYED"):
+            raise _malformed(what, f"status {payload.get('status')!r}")
+        return payload
+
+    def _pages(self, response: Any, what: str) -> Iterator[dict[str, Any]]:
+        page = self._json(response, what)
+        yield page
+        while page.get("next_url"):
+            next_url = page["next_url"]
+            if not isinstance(next_url, str):
+                raise _malformed(what, f"next_url is {next_url!r}")
+            parts = urlsplit(next_url)
+            # The key travels in the Authorization header; a copy in the URL would leak into logs.
+            query = urlencode([(k, v) for k, v in parse_qsl(parts.query) if k.lower() != "apikey"])
+            page = self._json(self._pool.request("GET", f"{self._base}{parts.path}"
+                                                 f"{'?' + query if query else ''}"), what)
+            yield page
+
+    def _aggs(self, symbol: str, timespan: str, start: Any, end: Any, what: str,
+              limit: int | None = None, sort: str = "asc", follow: bool = True) -> list[Bar]:
+        # Flat files are unadjusted; REST bars must be too, or a split would show as a jump.
+        response = self._client.get_aggs(symbol, 1, timespan, start, end, adjusted=False, sort=sort,
+                                         limit=limit or self._page_limit, raw=True)
+        bars: list[Bar] = []
+        for page in self._pages(response, what):
+            count = page.get("resultsCount")
+            results = page.get("results", [])
+            if isinstance(count, bool) or not isinstance(count, int) or count < 0 \
+                    or not isinstance(results, list) or len(results) != count:
+                raise _malformed(what, f"resultsCount {count!r} does not match the results")
+            bars.extend(agg_bar(symbol, r, "api", what) for r in results)
+            if not follow:
+                break
+        return bars
+
+    def minute_bars(self, symbol: str, first: dt.date, last: dt.date) -> list[Bar]:
+        start, end = day_bounds_utc(first)[0], day_bounds_utc(last)[1]
+        # Epoch ms bounds: exactly the New York days, whatever Polygon makes of a bare date.
+        return self._aggs(symbol, "minute", _ms(start), _ms(end) - 1,
+                          f"minute aggregates of {symbol} {first}..{last}")
+
+    def daily_bars(self, symbol: str, first: dt.date, last: dt.date) -> list[Bar]:
+        return self._aggs(symbol, "day", first.isoformat(), last.isoformat(),
+                          f"daily aggregates of {symbol} {first}..{last}")
+
+    def last_minute_agg(self, symbol: str, now: dt.datetime | None = None) -> Snapshot | None:
+        now = now or dt.datetime.now(UTC)
+        bars = self._aggs(symbol, "minute", _ms(now - dt.timedelta(days=7)), _ms(now),
+                          f"latest minute aggregate of {symbol}", limit=1, sort="desc", follow=False)
+        if not bars:
+            return None
+        bar = bars[0]
+        return Snapshot(symbol, bar.ts, bar.close, bar.volume, None, "agg")
+
+    def ticker_details(self, symbol: str) -> dict[str, Any]:
+        what = f"ticker details of {symbol}"
+        results = self._json(self._client.get_ticker_details(symbol, raw=True), what).get("results")
+        if not isinstance(results, dict) or not isinstance(results.get("ticker"), str):
+            raise _malformed(what, "no results object with a ticker")
+        return results
+
+    def _reference(self, endpoint: Callable[..., Any], symbol: str, what: str) -> Iterator[dict[str, Any]]:
+        """Every record of a paginated reference endpoint (dividends, splits) for one ticker."""
+        response = endpoint(ticker=symbol, limit=min(self._page_limit, 1000), raw=True)
+        for page in self._pages(response, what):
+            results = page.get("results")
+            if not isinstance(results, list) or not all(isinstance(r, dict) for r in results):
+                raise _malformed(what, "results is not a list of objects")
+            yield from results
+
+    def dividends(self, symbol: str) -> list[dict[str, Any]]:
+        what = f"dividends of {symbol}"
+        return [{
+            "id": _id(r, what), "symbol": symbol,
+            "ex_dividend_date": _date(r, "ex_dividend_date", what),
+            "record_date": _date(r, "record_date", what, required=False),
+            "pay_date": _date(r, "pay_date", what, required=False),
+            "declaration_date": _date(r, "declaration_date", what, required=False),
+            "cash_amount": _number(r, "cash_amount", what),
+            "currency": r.get("currency"), "frequency": _int(r, "frequency", what, required=False),
+            "dividend_type": r.get("dividend_type"),
+        } for r in self._reference(self._client.list_dividends, symbol, what)]
+
+    def splits(self, symbol: str) -> list[dict[str, Any]]:
+        what = f"splits of {symbol}"
+        return [{
+            "id": _id(r, what), "symbol": symbol,
+            "execution_date": _date(r, "execution_date", what),
+            "split_from": _number(r, "split_from", what), "split_to": _number(r, "split_to", what),
+        } for r in self._reference(self._client.list_splits, symbol, what)]
+
+    def snapshots(self, symbols: Sequence[str]) -> list[Snapshot]:
+        what = f"snapshot of {len(symbols)} ticker(s)"
+        payload = self._json(self._client.get_snapshot_all("stocks", tickers=list(symbols), raw=True), what)
+        tickers = payload.get("tickers")
+        if not isinstance(tickers, list):
+            raise _malformed(what, "no tickers list")
+        out = []
+        for record in tickers:
+            snap = _ticker_snapshot(record, what)
+            if snap is not None:
+                out.append(snap)
+        return out
+
+    def last_trade(self, symbol: str) -> Snapshot | None:
+        what = f"last trade of {symbol}"
+        results = self._json(self._client.get_last_trade(symbol, raw=True), what).get("results")
+        if not isinstance(results, dict):
+            raise _malformed(what, "no results object")
+        return Snapshot(symbol, ts_from_ns(_int(results, "t", what)), _number(results, "p", what),
+                        _number(results, "s", what, required=False), None, "rest")
+
+
+def _positive(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) and value > 0 else None
+
+
+def _ticker_snapshot(record: Any, what: str) -> Snapshot | None:
+    """One entry of the all-tickers snapshot; None when it carries no price yet (pre-market)."""
+    if not isinstance(record, dict) or not isinstance(record.get("ticker"), str):
+        raise _malformed(what, f"entry {str(record)[:80]!r} has no ticker")
+    sections = {}
+    for key in ("lastTrade", "min", "day", "prevDay"):
+        section = record.get(key) or {}
+        if not isinstance(section, dict):
+            raise _malformed(what, f"{record['ticker']}: {key} is not an object")
+        sections[key] = section
+    trade, minute, day = sections["lastTrade"], sections["min"], sections["day"]
+    price = (_positive(_number(trade, "p", what, required=False))
+             or _positive(_number(minute, "c", what, required=False))
+             or _positive(_number(day, "c", what, required=False)))
+    if price is None:
+        return None
+    updated = _int(record, "updated", what, required=False) or _int(trade, "t", what, required=False)
+    if updated:
+        ts = ts_from_ns(updated)
+    elif _int(minute, "t", what, required=False):
+        ts = ts_from_ms(minute["t"])
+    else:
+        return None
+    return Snapshot(record["ticker"], ts, price, _number(day, "v", what, required=False),
+                    _positive(_number(sections["prevDay"], "c", what, required=False)), "snapshot")
+
+
+def new_york_day(bar: Bar) -> dt.date:
+    return bar.ts.astimezone(NEW_YORK).date()

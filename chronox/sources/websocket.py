@@ -1,0 +1,235 @@
+"""Polygon's stocks websocket: handshake, subscriptions, and reconnects with backoff.
+
+Protocol: the server greets with a `connected` status; the client sends
+`{"action": "auth", "params": KEY}` and gets `auth_success` or `auth_failed`; then
+`subscribe`/`unsubscribe` with comma-separated channels (`AM.AAPL,AM.MSFT`). Data
+frames are JSON arrays of events (`{"ev": "AM", "sym": ..., "s": <epoch ms>, ...}`).
+
+polygon-api-client's WebSocketClient is not used: it reconnects at once with no
+backoff, gives no hook to log a reconnect or learn how long the connection was down,
+stops for good when the server closes with code 1000, and awaits the message handler
+on its reader. This module does those things itself on top of `websockets`.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, WebSocketException
+
+from chronox.bars import Bar, price_problem, ts_from_ms
+from chronox.strategy import SYMBOL_PATTERN
+
+log = logging.getLogger(__name__)
+
+HANDSHAKE_TIMEOUT = 10.0
+STABLE_SECONDS = 30.0  # a connection that lived this long starts the backoff over
+MAX_FRAME_BYTES = 16 * 1024 * 1024  # a whole-market minute can arrive as one frame
+CHANNELS_PER_MESSAGE = 500
+CONNECT_ERRORS = (OSError, asyncio.TimeoutError, WebSocketException, ValueError)
+
+
+class AuthFailed(Exception):
+    """The server rejected the API key; retrying cannot help."""
+
+
+def channel(symbol: str) -> str:
+    return f"AM.{symbol}"
+
+
+def backoff_delay(attempt: int, low: float, high: float,
+                  rng: Callable[[], float] = random.random) -> float:
+    """Exponential backoff with jitter: half of the step fixed, half random.
+
+    The random half keeps many clients (or restarts) from reconnecting in lockstep.
+    """
+    step = min(max(high, low), low * 2 ** max(attempt - 1, 0))
+    return step / 2 + rng() * step / 2
+
+
+def split_frame(text: str | bytes) -> tuple[list[Any], list[dict[str, Any]]]:
+    """(data events, status messages) of one frame; raises ValueError for a non-array frame."""
+    items = json.loads(text)
+    if not isinstance(items, list):
+        raise ValueError("frame is not a JSON array")
+    events: list[Any] = []
+    statuses: list[dict[str, Any]] = []
+    for item in items:
+        if isinstance(item, dict) and item.get("ev") == "status":
+            statuses.append(item)
+        else:
+            events.append(item)
+    return events, statuses
+
+
+def am_to_bar(event: Any) -> Bar:
+    """A minute-aggregate event as a bar (window start from `s`, epoch ms); ValueError if unusable."""
+    if not isinstance(event, dict) or event.get("ev") != "AM":
+        raise ValueError("not an AM event")
+    symbol = event.get("sym")
+    if not isinstance(symbol, str) or not SYMBOL_PATTERN.fullmatch(symbol):
+        raise ValueError(f"invalid symbol {symbol!r}")
+    try:
+        start = event["s"]
+        if not isinstance(start, int) or isinstance(start, bool) or start <= 0:
+            raise ValueError(f"window start s={start!r} is not epoch milliseconds")
+        o, h, low, c, v = (float(event[k]) for k in ("o", "h", "l", "c", "v"))
+        vwap = event.get("vw")
+        vwap = None if vwap is None else float(vwap)
+    except KeyError as exc:
+        raise ValueError(f"missing field {exc.args[0]!r}") from None
+    except TypeError as exc:
+        raise ValueError(f"non-numeric field: {exc}") from None
+    problem = price_problem(o, h, low, c, v)
+    if problem:
+        raise ValueError(problem)
+    return Bar(symbol, ts_from_ms(start), o, h, low, c, v, vwap, None, "stream")
+
+
+class PolygonStream:
+    """One logical subscription to Polygon's websocket that survives connection loss.
+
+    `on_frame` is awaited for every data frame; it should hand the frame off quickly.
+    `on_lost(reason)` is called when a live connection drops and `on_restored(seconds_down)`
+    when a later one is authenticated and re-subscribed, so the caller can account for
+    the minutes it missed.
+    """
+
+    def __init__(self, url: str, api_key: str, on_frame: Callable[[str | bytes], Awaitable[None]], *,
+                 reconnect_min: float = 1.0, reconnect_max: float = 60.0,
+                 on_lost: Callable[[str], None] | None = None,
+                 on_restored: Callable[[float], None] | None = None):
+        self.url = url
+        self._api_key = api_key
+        self._on_frame = on_frame
+        self._on_lost = on_lost or (lambda reason: None)
+        self._on_restored = on_restored or (lambda seconds: None)
+        self._reconnect_min = reconnect_min
+        self._reconnect_max = reconnect_max
+        self._wanted: set[str] = set()
+        self._subscribed: set[str] = set()
+        self._ws: ClientConnection | None = None
+        self._lock = asyncio.Lock()
+        self._stopping = asyncio.Event()
+        self.connections = 0
+        self.reconnects = 0
+
+    async def run(self) -> None:
+        """Connect and read until stop(); raises AuthFailed when the key is rejected."""
+        loop = asyncio.get_running_loop()
+        attempt = 0
+        down_since: float | None = None
+        while not self._stopping.is_set():
+            try:
+                ws = await self._open()
+            except AuthFailed:
+                raise
+            except CONNECT_ERRORS as exc:
+                attempt += 1
+                await self._pause(attempt, f"connect to {self.url} failed: {_describe(exc)}")
+                continue
+            if self._stopping.is_set():
+                await ws.close()
+                break
+            opened = loop.time()
+            if down_since is not None:
+                self.reconnects += 1
+                seconds = opened - down_since
+                log.warning("stream reconnected after %.1fs (connection #%d): authenticated, "
+                            "re-subscribed %d channel(s)", seconds, self.connections, len(self._subscribed))
+                self._on_restored(seconds)
+                down_since = None
+            reason = await self._read(ws)
+            if self._stopping.is_set():
+                break
+            down_since = loop.time()
+            self._on_lost(reason)
+            attempt = 1 if loop.time() - opened >= STABLE_SECONDS else attempt + 1
+            await self._pause(attempt, f"connection lost ({reason})")
+
+    async def set_channels(self, channels: Iterable[str]) -> tuple[set[str], set[str]]:
+        """Make `channels` the subscription; returns (added, removed) on the live connection."""
+        async with self._lock:
+            self._wanted = set(channels)
+            ws = self._ws
+            if ws is None:
+                return set(), set()  # the next connection subscribes to everything wanted
+            added, removed = self._wanted - self._subscribed, self._subscribed - self._wanted
+            try:
+                await _send_action(ws, "unsubscribe", removed)
+                await _send_action(ws, "subscribe", added)
+            except ConnectionClosed:
+                return set(), set()
+            self._subscribed = set(self._wanted)
+            return added, removed
+
+    async def stop(self) -> None:
+        """Close the connection cleanly (code 1000) and end run()."""
+        self._stopping.set()
+        ws = self._ws
+        if ws is not None:
+            await ws.close(1000, "client shutting down")
+
+    async def _open(self) -> ClientConnection:
+        ws = await connect(self.url, open_timeout=HANDSHAKE_TIMEOUT, close_timeout=1,
+                           max_size=MAX_FRAME_BYTES, ping_interval=20, ping_timeout=20)
+        try:
+            await self._authenticate(ws)
+            async with self._lock:
+                wanted = set(self._wanted)
+                await _send_action(ws, "subscribe", wanted)
+                self._subscribed = wanted
+                self._ws = ws
+        except BaseException:
+            await ws.close()
+            raise
+        self.connections += 1
+        return ws
+
+    async def _authenticate(self, ws: ClientConnection) -> None:
+        await asyncio.wait_for(ws.recv(), HANDSHAKE_TIMEOUT)  # the `connected` greeting
+        await ws.send(json.dumps({"action": "auth", "params": self._api_key}))
+        while True:
+            _, statuses = split_frame(await asyncio.wait_for(ws.recv(), HANDSHAKE_TIMEOUT))
+            for status in statuses:
+                if status.get("status") == "auth_success":
+                    return
+                if status.get("status") == "auth_failed":
+                    raise AuthFailed(f"Polygon rejected the API key at {self.url}: "
+                                     f"{status.get('message') or 'auth_failed'}")
+                log.warning("stream status during login: %s", status.get("message") or status)
+
+    async def _read(self, ws: ClientConnection) -> str:
+        try:
+            async for frame in ws:
+                await self._on_frame(frame)
+            return f"closed by the server, code {ws.close_code}"
+        except ConnectionClosed as exc:
+            return _describe(exc)
+        finally:
+            async with self._lock:
+                self._ws = None
+                self._subscribed = set()
+
+    async def _pause(self, attempt: int, why: str) -> None:
+        delay = backoff_delay(attempt, self._reconnect_min, self._reconnect_max)
+        log.warning("stream %s; reconnecting in %.2fs (attempt %d)", why, delay, attempt)
+        try:
+            await asyncio.wait_for(self._stopping.wait(), delay)
+        except asyncio.TimeoutError:
+            pass
+
+
+async def _send_action(ws: ClientConnection, action: str, channels: set[str]) -> None:
+    ordered = sorted(channels)
+    for i in range(0, len(ordered), CHANNELS_PER_MESSAGE):
+        await ws.send(json.dumps({"action": action, "params": ",".join(ordered[i:i + CHANNELS_PER_MESSAGE])}))
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

@@ -1,0 +1,82 @@
+"""Strategies are sets of phases written with '+' in canonical order."""
+from __future__ import annotations
+
+import datetime as dt
+import re
+
+PHASES: tuple[str, ...] = ("flatpack", "api", "snapshot", "stream")
+
+# Older configurations used upper-case enum names; accepted case-insensitively.
+LEGACY_ALIASES: dict[str, tuple[str, ...]] = {
+    "flatpack": ("flatpack",),
+    "api": ("api",),
+    "snapshot": ("snapshot",),
+    "stream": ("stream",),
+    "flatpack_api": ("flatpack", "api"),
+    "snapshot_stream": ("snapshot", "stream"),
+    "flatpack_snapshot_stream": ("flatpack", "snapshot", "stream"),
+    "flatpack_api_snapshot_stream": ("flatpack", "api", "snapshot", "stream"),
+}
+
+SYMBOL_PATTERN = re.compile(r"^[A-Z0-9][A-Z0-9.\-]{0,9}$")
+TIMEFRAMES: tuple[str, ...] = ("1m",)
+
+
+class InvalidInput(ValueError):
+    """A user-supplied value is unusable; str() is a one-line message for the user."""
+
+
+def parse_strategy(text: str) -> tuple[str, ...]:
+    """Phases of a strategy string, in canonical order; raises InvalidInput."""
+    if not isinstance(text, str) or not text.strip():
+        raise InvalidInput(f"empty strategy; use phases {'+'.join(PHASES)} joined with '+'")
+    key = text.strip().lower()
+    if key in LEGACY_ALIASES:
+        return LEGACY_ALIASES[key]
+    parts = [p.strip() for p in key.split("+")]
+    unknown = [p for p in parts if p not in PHASES]
+    if unknown:
+        raise InvalidInput(
+            f"unknown phase {unknown[0]!r} in strategy {text!r}; valid phases: "
+            f"{', '.join(PHASES)} (combine with '+', e.g. flatpack+api)"
+        )
+    if len(set(parts)) != len(parts):
+        raise InvalidInput(f"strategy {text!r} repeats a phase")
+    return tuple(p for p in PHASES if p in parts)
+
+
+def canonical_strategy(text: str) -> str:
+    return "+".join(parse_strategy(text))
+
+
+def has_phase(strategy: str, phase: str) -> bool:
+    return phase in parse_strategy(strategy)
+
+
+def validate_symbol(text: str) -> str:
+    """Upper-cases and checks a ticker so topic names, keys and paths built from it are safe."""
+    if not isinstance(text, str):
+        raise InvalidInput(f"symbol must be text, got {type(text).__name__}")
+    symbol = text.strip().upper()
+    if not SYMBOL_PATTERN.fullmatch(symbol):
+        raise InvalidInput(
+            f"invalid symbol {text!r}: use 1-10 characters A-Z, 0-9, '.' or '-' (e.g. BRK.B)"
+        )
+    return symbol
+
+
+def validate_timeframe(text: str) -> str:
+    tf = (text or "").strip().lower()
+    if tf not in TIMEFRAMES:
+        raise InvalidInput(f"unsupported timeframe {text!r}; supported: {', '.join(TIMEFRAMES)}")
+    return tf
+
+
+def parse_day(value: str | dt.date | None, name: str = "day") -> dt.date | None:
+    """A YYYY-MM-DD argument as a date (None stays None); raises InvalidInput."""
+    if value is None or isinstance(value, dt.date):
+        return value
+    try:
+        return dt.date.fromisoformat(str(value))
+    except ValueError:
+        raise InvalidInput(f"{name} {value!r} is not a date (YYYY-MM-DD)") from None

@@ -1,0 +1,32 @@
+"""Celery's part of streaming: the `stream` phase (activation) and the per-minute health check.
+
+The stream itself is the long-running `chronox stream` process, not a task.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from chronox import stream
+from chronox.celery_app import app
+from chronox.settings import load_settings
+from chronox.tasks.base import ChronoxTask
+
+
+@app.task(name="chronox.phase.stream", base=ChronoxTask)
+def stream_phase(symbol: str, start: str | None = None, end: str | None = None) -> dict[str, Any]:
+    # start/end come with every phase step of a chain; activation does not need them.
+    return stream.activate(load_settings(), symbol)
+
+
+@app.task(name="chronox.stream.monitor", base=ChronoxTask)
+def monitor(now: str | None = None) -> dict[str, Any]:
+    return stream.check_health(load_settings(), now)
+
+
+def send_gap_fill(gap: stream.GapFill) -> int:
+    """Queue the api phase for the window the stream missed: one chronox.backfill per symbol."""
+    first, last = gap.days
+    for symbol in gap.symbols:
+        app.send_task("chronox.backfill", args=[symbol],
+                      kwargs={"start": first, "end": last, "strategy": "api"})
+    return len(gap.symbols)

@@ -1,0 +1,85 @@
+"""Flower is the job view: a real Flower on Redis sees a real worker's backfill tasks."""
+import ast
+import base64
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+from chronox import registry
+from chronox.db import get_engine
+from tests.conftest import DAYS, REPO
+from tests.helpers import write_days
+from tests.test_e2e import wait_for_status
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def get_json(url: str, user: str, password: str):
+    request = urllib.request.Request(url)
+    request.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode())
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def test_flower_lists_a_backfill_with_names_arguments_and_states(pg_url, flatfiles, start_worker, tmp_path):
+    write_days(flatfiles, DAYS[:2], ["FLA"])
+    registry.add_symbol(get_engine(pg_url), "FLA", "flatpack")
+    port = free_port()
+    log = open(tmp_path / "flower.log", "wb")
+    flower = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "chronox", "flower", f"--port={port}", "--address=127.0.0.1",
+         "--basic-auth=ops:secret", f"--db={tmp_path / 'flower.db'}", "--persistent=True"],
+        cwd=REPO, env=dict(os.environ), stdout=log, stderr=subprocess.STDOUT)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                get_json(f"{base}/api/workers?refresh=0", "ops", "secret")
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise AssertionError((tmp_path / "flower.log").read_text())
+                time.sleep(0.3)
+        start_worker(concurrency=2)
+        from chronox.celery_app import app
+
+        app.send_task("chronox.backfill", args=["FLA"],
+                      kwargs={"start": DAYS[0].isoformat(), "end": DAYS[1].isoformat()})
+        assert wait_for_status(pg_url, ["FLA"]) == {"FLA": "completed"}
+        deadline = time.monotonic() + 20
+        while True:
+            tasks = get_json(f"{base}/api/tasks", "ops", "secret")
+            names = {t["name"] for t in tasks.values() if t.get("state") == "SUCCESS"}
+            if "chronox.phase.finalize" in names or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        by_name: dict[str, list[dict]] = {}
+        for task in tasks.values():
+            by_name.setdefault(task["name"], []).append(task)
+        assert {"chronox.backfill", "chronox.phase.begin", "chronox.phase.flatpack_day",
+                "chronox.phase.fanout", "chronox.phase.finalize"} <= set(by_name)
+        assert all(t["state"] == "SUCCESS" for ts in by_name.values() for t in ts)
+        days = sorted(ast.literal_eval(t["kwargs"])["day"] for t in by_name["chronox.phase.flatpack_day"])
+        assert days == [d.isoformat() for d in DAYS[:2]]
+        [final] = by_name["chronox.phase.finalize"]
+        assert "'symbol': 'FLA'" in final["kwargs"]
+        assert "'rows'" in final["result"] and "completed" in final["result"]
+        # unauthenticated access is refused
+        try:
+            urllib.request.urlopen(f"{base}/api/tasks", timeout=5)
+            raise AssertionError("Flower answered without credentials")
+        except urllib.error.HTTPError as err:
+            assert err.code == 401
+    finally:
+        flower.terminate()
+        flower.wait(timeout=20)
+        log.close()
