@@ -20,10 +20,10 @@ from chronox.db import get_engine
 from chronox.models import Coverage, Quarantine
 from chronox.publish import PublishError, announce, drop_publisher, get_publisher, kafka_status
 from chronox.rest import is_warning
-from chronox.settings import Settings
+from chronox.settings import Settings, validate_run_options
 from chronox.sources.flatfiles import DayFileReader, FlatFileError, FlatFileStore, QuarantinedRow
 from chronox.store import load_flat_day, outbox_size, publish_outbox_entries, quarantine_rows
-from chronox.strategy import InvalidInput, parse_day, parse_strategy, validate_symbol
+from chronox.strategy import InvalidInput, parse_day, parse_strategy, validate_symbol, validate_timeframe
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,7 @@ class RunPlan:
     missing_files: list[str]  # trading days with no file although a later file exists
     unpublished: list[str]  # trading days after the newest published file
     newest_file_day: str | None
+    options: dict[str, Any] = field(default_factory=dict)  # run overrides of settings (RUN_OPTIONS)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -55,10 +56,13 @@ class RunPlan:
             "missing_files": self.missing_files,
             "unpublished": self.unpublished,
             "newest_file_day": self.newest_file_day,
+            "options": self.options,
         }
 
     def describe(self) -> str:
         lines = [f"{len(self.symbols)} symbol(s), {len(self.days)} day file(s)"]
+        if self.options:
+            lines.append("options " + ", ".join(f"{k}={v}" for k, v in sorted(self.options.items())))
         if self.newest_file_day:
             lines.append(f"flat files available up to {self.newest_file_day}")
         if self.unpublished:
@@ -71,13 +75,20 @@ class RunPlan:
 def plan_run(settings: Settings, symbols: Sequence[str] | None = None,
              start: str | dt.date | None = None, end: str | dt.date | None = None,
              strategy: str | None = None, today: dt.date | None = None,
-             store: FlatFileStore | None = None) -> RunPlan:
-    """Decide the work of one registry execution; raises InvalidInput for bad arguments."""
+             store: FlatFileStore | None = None, skip_phases: Sequence[str] = (),
+             timeframe: str | None = None, options: dict[str, Any] | None = None) -> RunPlan:
+    """Decide the work of one registry execution; raises InvalidInput for bad arguments.
+
+    skip_phases drops phases from every symbol (`--no-stream`); a symbol left with no
+    phase is not part of the run. timeframe keeps the symbols registered at it.
+    """
     engine = get_engine(settings.database_url)
     start_day, end_day = parse_day(start, "start"), parse_day(end, "end")
     if start_day and end_day and start_day > end_day:
         raise InvalidInput(f"start {start_day} is after end {end_day}")
     override = list(parse_strategy(strategy)) if strategy else None
+    timeframe = validate_timeframe(timeframe) if timeframe is not None else None
+    checked_options = validate_run_options(options)
     if symbols:
         wanted = [validate_symbol(s) for s in symbols]
         rows = registry.list_symbols(engine, symbols=wanted)
@@ -92,7 +103,11 @@ def plan_run(settings: Settings, symbols: Sequence[str] | None = None,
     plans: list[SymbolPlan] = []
     wanted_days: dict[str, set[dt.date]] = {}
     for row in rows:
-        phases = override or list(parse_strategy(row["strategy"]))
+        if timeframe is not None and row["timeframe"] != timeframe:
+            continue
+        phases = [p for p in override or parse_strategy(row["strategy"]) if p not in skip_phases]
+        if not phases:
+            continue
         if start_day:
             first = start_day
         elif row["last_backfill"]:
@@ -114,7 +129,8 @@ def plan_run(settings: Settings, symbols: Sequence[str] | None = None,
             plan.days.append(day.isoformat())
             days[day.isoformat()].append(plan.symbol)
     return RunPlan(plans, dict(sorted(days.items())), [d.isoformat() for d in missing],
-                   [d.isoformat() for d in unpublished], newest.isoformat() if newest else None)
+                   [d.isoformat() for d in unpublished], newest.isoformat() if newest else None,
+                   checked_options)
 
 
 def begin_run(settings: Settings, symbols: Sequence[str]) -> dict[str, Any]:

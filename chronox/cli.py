@@ -16,7 +16,7 @@ import click
 
 from chronox import registry
 from chronox.bars import isoformat_utc
-from chronox.settings import SNAPSHOT_METHODS, ConfigError, Settings, load_settings
+from chronox.settings import PUBLISH_MODES, SNAPSHOT_METHODS, ConfigError, Settings, load_settings
 from chronox.strategy import InvalidInput
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -184,15 +184,15 @@ def _print_summary(summary: dict[str, Any]) -> None:
     click.echo(f"kafka: {summary['kafka']}")
 
 
-def _run_inline(settings: Settings, symbols: list[str] | None, start: str | None, end: str | None,
-                strategy: str | None) -> dict[str, Any]:
+def _run_inline(settings: Settings, request: dict[str, Any]) -> dict[str, Any]:
+    """request: the kwargs of chronox.registry.execute, run here instead of on workers."""
     from tqdm import tqdm
 
-    from chronox.backfill import plan_run, run_summary
-    from chronox.tasks.backfill import inline_steps, run_inline
+    from chronox.backfill import run_summary
+    from chronox.tasks.backfill import inline_steps, planned, run_inline
 
     _engine(settings)
-    plan = plan_run(settings, symbols=symbols, start=start, end=end, strategy=strategy)
+    plan = planned(**request)
     click.echo(plan.describe())
     if not plan.symbols:
         click.echo("nothing to run: no enabled symbols matched")
@@ -206,16 +206,15 @@ def _run_inline(settings: Settings, symbols: list[str] | None, start: str | None
     return run_summary(settings, [s.symbol for s in plan.symbols])
 
 
-def _run_distributed(settings: Settings, symbols: list[str] | None, start: str | None,
-                     end: str | None, strategy: str | None, wait: bool, timeout: float) -> dict[str, Any] | None:
+def _run_distributed(settings: Settings, request: dict[str, Any], wait: bool,
+                     timeout: float) -> dict[str, Any] | None:
     from tqdm import tqdm
 
     from chronox.backfill import run_summary
     from chronox.celery_app import app
     from chronox.db import get_engine
 
-    result = app.send_task("chronox.registry.execute",
-                           kwargs={"symbols": symbols, "start": start, "end": end, "strategy": strategy})
+    result = app.send_task("chronox.registry.execute", kwargs=request)
     click.echo(f"dispatched chronox.registry.execute as task {result.id}")
     if not wait:
         click.echo("follow it in Flower, or rerun with --wait")
@@ -244,11 +243,10 @@ def _run_distributed(settings: Settings, symbols: list[str] | None, start: str |
     return run_summary(settings, names)
 
 
-def _show_plan(settings: Settings, names: list[str] | None, start: str | None, end: str | None,
-               strategy: str | None, as_json: bool) -> None:
-    from chronox.backfill import plan_run
+def _show_plan(settings: Settings, request: dict[str, Any], as_json: bool) -> None:
+    from chronox.tasks.backfill import planned
 
-    plan = plan_run(settings, symbols=names, start=start, end=end, strategy=strategy)
+    plan = planned(**request)
     if as_json:
         click.echo(json.dumps(plan.as_dict(), indent=2))
         return
@@ -271,26 +269,36 @@ def _show_plan(settings: Settings, names: list[str] | None, start: str | None, e
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--snapshot-method", type=click.Choice(SNAPSHOT_METHODS),
               help="How the snapshot phase reads prices (default CHRONOX_SNAPSHOT_METHOD or snapshot).")
+@click.option("--publish-mode", type=click.Choice(PUBLISH_MODES),
+              help="kafka-first: a bar counts once Kafka has it; db-first: commit, then publish from "
+                   "the outbox (default CHRONOX_PUBLISH_MODE or kafka-first).")
+@click.option("--no-stream", is_flag=True, help="Leave out the stream phase (symbols only streaming are skipped).")
+@click.option("--timeframe", help="Bar timeframe to ingest: 1m (5m, 15m and 1h are views over it).")
+@click.option("--throttle-ms", type=click.IntRange(min=0),
+              help="Pause after each Kafka message, in milliseconds (default CHRONOX_PUBLISH_THROTTLE_MS or 0).")
 @click.option("--dry-run", is_flag=True, help="Show the task graph that would run (symbols, phases, days); touch nothing.")
 @_user_errors
 def run(symbol_list: tuple[str, ...], start: str | None, end: str | None, strategy: str | None,
-        wait: bool, timeout: float, as_json: bool, snapshot_method: str | None, dry_run: bool) -> None:
-    """Execute the registry: all enabled symbols, or those named."""
+        wait: bool, timeout: float, as_json: bool, snapshot_method: str | None, publish_mode: str | None,
+        no_stream: bool, timeframe: str | None, throttle_ms: int | None, dry_run: bool) -> None:
+    """Execute the registry: all enabled symbols, or those named.
+
+    The options override settings for this run only and travel with its tasks, so
+    workers apply them too.
+    """
     settings = _settings()
     names = [s for item in symbol_list for s in item.replace(",", " ").split()] or None
+    options = {"snapshot_method": snapshot_method, "publish_mode": publish_mode,
+               "publish_throttle_ms": throttle_ms}
+    request = {"symbols": names, "start": start, "end": end, "strategy": strategy, "no_stream": no_stream,
+               "timeframe": timeframe, "options": {k: v for k, v in options.items() if v is not None}}
     if dry_run:
-        _show_plan(settings, names, start, end, strategy, as_json)
+        _show_plan(settings, request, as_json)
         return
-    if snapshot_method:
-        if not settings.in_process:
-            raise click.UsageError("--snapshot-method applies to in-process runs; workers use their "
-                                   "CHRONOX_SNAPSHOT_METHOD (or run `chronox snapshot --snapshot-method`)")
-        os.environ["CHRONOX_SNAPSHOT_METHOD"] = snapshot_method  # the tasks read their settings
-        settings = _settings()
     if settings.in_process:
-        summary = _run_inline(settings, names, start, end, strategy)
+        summary = _run_inline(settings, request)
     else:
-        summary = _run_distributed(settings, names, start, end, strategy, wait, timeout)
+        summary = _run_distributed(settings, request, wait, timeout)
     if summary is None:
         return
     if as_json:
@@ -329,7 +337,8 @@ def demo(data_dir: str) -> None:
         except InvalidInput:
             registry.update_symbol(engine, symbol, strategy=strategy, enabled=True)
         click.echo(f"registered {symbol} with strategy {strategy}")
-    summary = _run_inline(settings, list(DEMO_SYMBOLS), DEMO_START.isoformat(), DEMO_END.isoformat(), None)
+    summary = _run_inline(settings, {"symbols": list(DEMO_SYMBOLS), "start": DEMO_START.isoformat(),
+                                     "end": DEMO_END.isoformat(), "strategy": None})
     _print_summary(summary)
     _print_rest_extras(engine)
     click.echo("(prices above are synthetic sample data)")
@@ -515,7 +524,8 @@ def schedule_trigger(job: str) -> None:
         found = gap_scan(settings)
         click.echo(f"{found['with_gaps']} symbol(s) with gaps; backfilling {len(found['dispatch'])}")
         for item in found["dispatch"]:
-            _print_summary(_run_inline(settings, [item["symbol"]], item["start"], item["end"], None))
+            _print_summary(_run_inline(settings, {"symbols": [item["symbol"]], "start": item["start"],
+                                                  "end": item["end"], "strategy": None}))
         return
     if settings.in_process:
         _engine(settings)

@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import threading
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -71,12 +72,13 @@ class KafkaPublisher:
     whether to commit its database transaction.
     """
 
-    def __init__(self, brokers: Iterable[str], topic_mode: str = "per-symbol",
+    def __init__(self, brokers: Iterable[str], topic_mode: str = "per-symbol", throttle_ms: int = 0,
                  **producer_overrides: Any):
         from kafka import KafkaProducer
 
         config: dict[str, Any] = {**PRODUCER_SETTINGS, "bootstrap_servers": list(brokers), **producer_overrides}
         self.topic_mode = topic_mode
+        self._pause = throttle_ms / 1000.0
         self._producer = KafkaProducer(**config)
         self._errors: list[BaseException] = []
         self.sent = 0
@@ -89,6 +91,8 @@ class KafkaPublisher:
         future = self._producer.send(topic, key=symbol.encode(), value=_dumps(payload).encode())
         future.add_errback(self._failed)
         self.sent += 1
+        if self._pause:
+            time.sleep(self._pause)
 
     def send_bar(self, symbol: str, tf: str, ts_iso: str, open_: float, high: float, low: float,
                  close: float, volume: float, source: str, kind: str = "backfill") -> None:
@@ -112,7 +116,7 @@ class KafkaPublisher:
 
 
 _publisher_lock = threading.Lock()
-_publishers: dict[tuple[int, tuple[str, ...], str], KafkaPublisher] = {}
+_publishers: dict[tuple[int, tuple[str, ...], str, int], KafkaPublisher] = {}
 _said_off = False
 
 
@@ -124,19 +128,22 @@ def get_publisher(settings: Settings) -> KafkaPublisher | None:
             log.warning("Kafka publishing is off: CHRONOX_KAFKA_BROKERS is unset")
             _said_off = True
         return None
-    key = (os.getpid(), settings.kafka_brokers, settings.kafka_topic_mode)
     with _publisher_lock:
-        publisher = _publishers.get(key)
+        publisher = _publishers.get(_publisher_key(settings))
         if publisher is None:
-            publisher = _publishers[key] = KafkaPublisher(settings.kafka_brokers, settings.kafka_topic_mode)
+            publisher = _publishers[_publisher_key(settings)] = KafkaPublisher(
+                settings.kafka_brokers, settings.kafka_topic_mode, settings.publish_throttle_ms)
         return publisher
+
+
+def _publisher_key(settings: Settings) -> tuple[int, tuple[str, ...], str, int]:
+    return (os.getpid(), settings.kafka_brokers, settings.kafka_topic_mode, settings.publish_throttle_ms)
 
 
 def drop_publisher(settings: Settings) -> None:
     """Forget a producer after a failure so the next attempt reconnects from scratch."""
-    key = (os.getpid(), settings.kafka_brokers, settings.kafka_topic_mode)
     with _publisher_lock:
-        publisher = _publishers.pop(key, None)
+        publisher = _publishers.pop(_publisher_key(settings), None)
     if publisher is not None:
         publisher.close()
 

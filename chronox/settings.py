@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 POLYGON_FLATFILES_ENDPOINT = "https://files.polygon.io"
 POLYGON_WS_URL = "wss://socket.polygon.io/stocks"  # real-time stocks feed
@@ -105,6 +107,7 @@ class Settings:
     polygon_api_key: str | None = field(default=None, repr=False)
     polygon_base_url: str = "https://api.polygon.io"
     publish_mode: str = "kafka-first"
+    publish_throttle_ms: int = 0  # pause after each Kafka message, to spare a small cluster
     backfill_start: dt.date | None = None
     kafka_topic_mode: str = "per-symbol"
     provider: str = "polygon"
@@ -177,6 +180,7 @@ def load_settings() -> Settings:
         polygon_api_key=_env("POLYGON_API_KEY"),
         polygon_base_url=_env("CHRONOX_POLYGON_BASE_URL") or "https://api.polygon.io",
         publish_mode=publish_mode,
+        publish_throttle_ms=_parse_int("CHRONOX_PUBLISH_THROTTLE_MS", _env("CHRONOX_PUBLISH_THROTTLE_MS"), 0) or 0,
         backfill_start=_parse_day("CHRONOX_BACKFILL_START", backfill_start)
         if backfill_start
         else None,
@@ -214,3 +218,35 @@ def load_settings() -> Settings:
         backfill_stale_hours=_parse_positive_float(
             "CHRONOX_BACKFILL_STALE_HOURS", _env("CHRONOX_BACKFILL_STALE_HOURS"), 6.0),
     )
+
+
+# Settings one run may override (`chronox run --publish-mode ...`); they travel to the
+# workers as the phase tasks' `options` kwarg, so none of them may be a secret.
+RUN_OPTIONS = ("publish_mode", "publish_throttle_ms", "snapshot_method")
+
+
+def validate_run_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Checked, normalised run options; ConfigError names the bad one."""
+    checked: dict[str, Any] = {}
+    for name, value in (options or {}).items():
+        if value is None:
+            continue
+        if name not in RUN_OPTIONS:
+            raise ConfigError(f"unknown run option {name!r}; known: {', '.join(RUN_OPTIONS)}")
+        if name == "publish_throttle_ms":
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(f"publish_throttle_ms={value!r} must be a whole number of milliseconds >= 0")
+        else:
+            choices = PUBLISH_MODES if name == "publish_mode" else SNAPSHOT_METHODS
+            if not isinstance(value, str) or value.lower() not in choices:
+                raise ConfigError(f"{name}={value!r} is not one of {', '.join(choices)}")
+            value = value.lower()
+        checked[name] = value
+    return checked
+
+
+def run_settings(options: Mapping[str, Any] | None = None) -> Settings:
+    """The environment's settings with one run's overrides applied."""
+    settings = load_settings()
+    checked = validate_run_options(options)
+    return replace(settings, **checked) if checked else settings

@@ -20,6 +20,8 @@ LEGACY_ALIASES: dict[str, tuple[str, ...]] = {
 
 SYMBOL_PATTERN = re.compile(r"^[A-Z0-9][A-Z0-9.\-]{0,9}$")
 TIMEFRAMES: tuple[str, ...] = ("1m",)
+# Coarser bars are views over ohlcv_1m (migration 0003), not something a run fetches.
+ROLLUP_VIEWS = {"5m": "ohlcv_5m", "15m": "ohlcv_15m", "1h": "ohlcv_1h"}
 
 
 class InvalidInput(ValueError):
@@ -58,7 +60,8 @@ def validate_symbol(text: str) -> str:
     if not isinstance(text, str):
         raise InvalidInput(f"symbol must be text, got {type(text).__name__}")
     symbol = text.strip().upper()
-    if not SYMBOL_PATTERN.fullmatch(symbol):
+    # upper() turns some non-ASCII letters into ASCII ones ('ß' -> 'SS'): check what was typed.
+    if not text.isascii() or not SYMBOL_PATTERN.fullmatch(symbol):
         raise InvalidInput(
             f"invalid symbol {text!r}: use 1-10 characters A-Z, 0-9, '.' or '-' (e.g. BRK.B)"
         )
@@ -66,7 +69,10 @@ def validate_symbol(text: str) -> str:
 
 
 def validate_timeframe(text: str) -> str:
-    tf = (text or "").strip().lower()
+    tf = (text or "").strip().lower() if isinstance(text, str) else ""
+    if tf in ROLLUP_VIEWS:
+        raise InvalidInput(f"timeframe {tf} is not ingested: ChronoX stores 1m bars and serves {tf} "
+                           f"from the view {ROLLUP_VIEWS[tf]}")
     if tf not in TIMEFRAMES:
         raise InvalidInput(f"unsupported timeframe {text!r}; supported: {', '.join(TIMEFRAMES)}")
     return tf

@@ -17,8 +17,7 @@ from sqlalchemy import create_engine, text
 from chronox.db import dispose_engines, get_engine, upgrade
 
 PG_ADMIN_URL = os.environ.get("CHRONOX_TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-# A database number per test session, so two sessions on one machine do not share queues.
-REDIS_TEST_URL = os.environ.get("CHRONOX_TEST_REDIS_URL", f"redis://127.0.0.1:6379/{8 + os.getpid() % 8}")
+REDIS_SERVER = os.environ.get("CHRONOX_TEST_REDIS_SERVER", "redis://127.0.0.1:6379")
 REPO = Path(__file__).resolve().parent.parent
 TABLES = ("ohlcv_1m", "coverage", "quarantine", "publish_outbox", "symbol_registry")
 
@@ -76,14 +75,38 @@ def db_url(request: pytest.FixtureRequest) -> str:
     return request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url")
 
 
-@pytest.fixture
-def redis_url() -> str:
+@pytest.fixture(scope="session")
+def redis_database() -> Iterator[str]:
+    """A Redis database number of this test session's own, so two sessions on one machine
+    never consume each other's tasks: claimed with a key that expires if the session dies."""
     import redis
 
-    client = redis.Redis.from_url(REDIS_TEST_URL)
-    client.flushdb()
-    yield REDIS_TEST_URL
-    client.flushdb()
+    claim = f"chronox-test-session:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+    for number in range(8, 16):
+        client = redis.Redis.from_url(f"{REDIS_SERVER}/{number}")
+        if client.set("chronox-test-claim", claim, nx=True, ex=3600):
+            break
+    else:
+        raise RuntimeError("Redis databases 8-15 are all claimed by other test sessions")
+    yield f"{REDIS_SERVER}/{number}"
+    if client.get("chronox-test-claim") == claim.encode():
+        client.flushdb()
+
+
+@pytest.fixture
+def redis_url(redis_database: str) -> str:
+    import redis
+
+    client = redis.Redis.from_url(redis_database)
+    claim = client.get("chronox-test-claim") or b"renewed"
+
+    def empty() -> None:
+        client.flushdb()
+        client.set("chronox-test-claim", claim, ex=3600)
+
+    empty()
+    yield redis_database
+    empty()
 
 
 class MockKafka:

@@ -23,7 +23,7 @@ from chronox import gaps, registry, rest, snapshot
 from chronox.celery_app import app
 from chronox.db import get_engine
 from chronox.ratelimit import SHORT_WAIT, RateLimited, WaitPolicy, margin, waiting
-from chronox.settings import load_settings
+from chronox.settings import load_settings, run_settings
 from chronox.sources.polygon import PolygonError, TransientPolygonError
 from chronox.tasks.base import ChronoxTask, affected_symbols
 
@@ -41,8 +41,9 @@ class RestTask(ChronoxTask):
     # raising: a failed header task would stop the fan-out of every symbol in the run.
     soft_fail = False
 
-    def run_rest(self, func: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
-        settings = load_settings()
+    def run_rest(self, func: Callable[..., dict[str, Any]], *args: Any,
+                 options: dict[str, Any] | None = None) -> dict[str, Any]:
+        settings = run_settings(options)
         if self.request.is_eager:
             policy = WaitPolicy()  # in-process: nothing else could use the time, so wait here
         else:
@@ -95,44 +96,48 @@ class RestTask(ChronoxTask):
 # flatpack: before the minute bars, beside the shared day loads (the run's chord header)
 
 @app.task(name="chronox.rest.reference", base=RestTask, bind=True, soft_fail=True)
-def reference(self: RestTask, symbol: str, start: str | None = None, end: str | None = None) -> dict[str, Any]:
-    return self.run_rest(rest.load_reference, symbol)
+def reference(self: RestTask, symbol: str, start: str | None = None, end: str | None = None,
+              options: dict[str, Any] | None = None) -> dict[str, Any]:
+    return self.run_rest(rest.load_reference, symbol, options=options)
 
 
 @app.task(name="chronox.rest.corporate_actions", base=RestTask, bind=True, soft_fail=True)
 def corporate_actions(self: RestTask, symbol: str, start: str | None = None,
-                      end: str | None = None) -> dict[str, Any]:
-    return self.run_rest(rest.load_corporate_actions, symbol)
+                      end: str | None = None, options: dict[str, Any] | None = None) -> dict[str, Any]:
+    return self.run_rest(rest.load_corporate_actions, symbol, options=options)
 
 
 @app.task(name="chronox.rest.daily_bars", base=RestTask, bind=True, soft_fail=True)
-def daily_bars(self: RestTask, symbol: str, start: str, end: str) -> dict[str, Any]:
-    return self.run_rest(rest.load_daily_bars, symbol, start, end)
+def daily_bars(self: RestTask, symbol: str, start: str, end: str,
+               options: dict[str, Any] | None = None) -> dict[str, Any]:
+    return self.run_rest(rest.load_daily_bars, symbol, start, end, options=options)
 
 
 # api: in the symbol's chain, after the day loads
 
 @app.task(name="chronox.rest.api_gaps", base=RestTask, bind=True)
-def api_gaps(self: RestTask, symbol: str, start: str, end: str) -> Any:
-    found = self.run_rest(gaps.plan_fill, symbol, start, end)
+def api_gaps(self: RestTask, symbol: str, start: str, end: str, options: dict[str, Any] | None = None) -> Any:
+    found = self.run_rest(gaps.plan_fill, symbol, start, end, options=options)
     windows = found.get("windows") or []
     if not windows:
         return found
     # One task per window; the rest of the symbol's chain waits for all of them.
-    return self.replace(group(api_window.si(symbol=symbol, start=a, end=b) for a, b in windows))
+    extra = {"options": options} if options else {}
+    return self.replace(group(api_window.si(symbol=symbol, start=a, end=b, **extra) for a, b in windows))
 
 
 @app.task(name="chronox.rest.api_window", base=RestTask, bind=True)
-def api_window(self: RestTask, symbol: str, start: str, end: str) -> dict[str, Any]:
-    return self.run_rest(gaps.fill_window, symbol, start, end)
+def api_window(self: RestTask, symbol: str, start: str, end: str,
+               options: dict[str, Any] | None = None) -> dict[str, Any]:
+    return self.run_rest(gaps.fill_window, symbol, start, end, options=options)
 
 
 # snapshot
 
 @app.task(name="chronox.rest.snapshot", base=RestTask, bind=True)
 def snapshot_phase(self: RestTask, symbol: str, start: str | None = None, end: str | None = None,
-                   method: str | None = None) -> dict[str, Any]:
-    return self.run_rest(snapshot.refresh, [symbol], method)
+                   method: str | None = None, options: dict[str, Any] | None = None) -> dict[str, Any]:
+    return self.run_rest(snapshot.refresh, [symbol], method, options=options)
 
 
 @app.task(name="chronox.snapshot.refresh", base=ChronoxTask, bind=True)

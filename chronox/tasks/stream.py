@@ -8,14 +8,15 @@ from typing import Any
 
 from chronox import stream
 from chronox.celery_app import app
-from chronox.settings import load_settings
+from chronox.settings import load_settings, run_settings
 from chronox.tasks.base import ChronoxTask
 
 
 @app.task(name="chronox.phase.stream", base=ChronoxTask)
-def stream_phase(symbol: str, start: str | None = None, end: str | None = None) -> dict[str, Any]:
+def stream_phase(symbol: str, start: str | None = None, end: str | None = None,
+                 options: dict[str, Any] | None = None) -> dict[str, Any]:
     # start/end come with every phase step of a chain; activation does not need them.
-    return stream.activate(load_settings(), symbol)
+    return stream.activate(run_settings(options), symbol)
 
 
 @app.task(name="chronox.stream.monitor", base=ChronoxTask)
