@@ -22,11 +22,15 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def get_json(url: str, user: str, password: str):
+def get_text(url: str, user: str, password: str) -> str:
     request = urllib.request.Request(url)
     request.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode())
     with urllib.request.urlopen(request, timeout=10) as response:
-        return json.loads(response.read())
+        return response.read().decode()
+
+
+def get_json(url: str, user: str, password: str):
+    return json.loads(get_text(url, user, password))
 
 
 def test_flower_lists_a_backfill_with_names_arguments_and_states(pg_url, flatfiles, start_worker, tmp_path):
@@ -52,8 +56,8 @@ def test_flower_lists_a_backfill_with_names_arguments_and_states(pg_url, flatfil
         start_worker(concurrency=2)
         from chronox.celery_app import app
 
-        app.send_task("chronox.backfill", args=["FLA"],
-                      kwargs={"start": DAYS[0].isoformat(), "end": DAYS[1].isoformat()})
+        run = app.send_task("chronox.backfill", args=["FLA"],
+                            kwargs={"start": DAYS[0].isoformat(), "end": DAYS[1].isoformat()})
         assert wait_for_status(pg_url, ["FLA"]) == {"FLA": "completed"}
         deadline = time.monotonic() + 20
         while True:
@@ -73,6 +77,17 @@ def test_flower_lists_a_backfill_with_names_arguments_and_states(pg_url, flatfil
         [final] = by_name["chronox.phase.finalize"]
         assert "'symbol': 'FLA'" in final["kwargs"]
         assert "'rows'" in final["result"] and "completed" in final["result"]
+        # what the README tells an operator to do: search by symbol, follow root_id, scrape /metrics
+        found = get_json(f"{base}/api/tasks?search=kwargs:symbol=FLA", "ops", "secret")
+        assert {t["name"] for t in found.values()} == {"chronox.rest.reference", "chronox.rest.corporate_actions",
+                                                       "chronox.rest.daily_bars", "chronox.phase.finalize"}
+        info = get_json(f"{base}/api/task/info/{final['uuid']}", "ops", "secret")
+        assert info["root_id"] == run.id
+        assert {t["root_id"] for t in tasks.values()} == {run.id}
+        metrics = get_text(f"{base}/metrics", "ops", "secret")
+        assert any(line.startswith("flower_events_total{") and 'task="chronox.phase.finalize"' in line
+                   for line in metrics.splitlines())
+        assert "flower_task_runtime_seconds_bucket{" in metrics and "flower_worker_online{" in metrics
         # unauthenticated access is refused
         try:
             urllib.request.urlopen(f"{base}/api/tasks", timeout=5)
