@@ -18,9 +18,11 @@ def _transient_errors() -> tuple[type[BaseException], ...]:
     import redis
     from botocore.exceptions import ConnectionError as BotoConnectionError
     from kafka.errors import KafkaError
-    from sqlalchemy.exc import DisconnectionError, OperationalError
+    from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 
-    return (OperationalError, DisconnectionError, PublishError, KafkaError,
+    # InterfaceError: psycopg2 reports a connection the server closed under a running
+    # statement (a PostgreSQL restart) as "connection already closed".
+    return (OperationalError, InterfaceError, DisconnectionError, PublishError, KafkaError,
             redis.ConnectionError, redis.TimeoutError, BotoConnectionError,
             ConnectionError, TimeoutError)
 
