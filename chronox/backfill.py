@@ -114,6 +114,10 @@ def plan_run(settings: Settings, symbols: Sequence[str] | None = None,
             first = dt.date.fromisoformat(row["last_backfill"]) + dt.timedelta(days=1)
         else:
             first = settings.default_backfill_start(today)
+            if end is not None and end_day < first:
+                # Planning it would "complete" a run that did nothing.
+                raise InvalidInput(f"end {end_day} is before {row['symbol']}'s default start {first} "
+                                   "(CHRONOX_BACKFILL_START or 30 days back); pass --start as well")
         plans.append(SymbolPlan(row["symbol"], phases, first.isoformat(), end_day.isoformat()))
         if "flatpack" in phases and first <= end_day:
             wanted_days[row["symbol"]] = set(trading_days(first, end_day))

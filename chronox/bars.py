@@ -8,6 +8,11 @@ from typing import NamedTuple
 UTC = dt.timezone.utc
 # Higher wins: a bar from a source never overwrites a bar from a higher-ranked one.
 SOURCE_RANK = {"snapshot": 0, "stream": 1, "api": 2, "flatpack": 3}
+MAX_TRANSACTIONS = 2**31 - 1  # ohlcv_1m.transactions is a 32-bit integer
+# An epoch time outside these years is garbage or in the wrong unit (seconds or nanoseconds
+# read as milliseconds land in 1970 or far beyond 2200), never a US-equity market time.
+EARLIEST = dt.datetime(1980, 1, 1, tzinfo=UTC)
+LATEST = dt.datetime(2200, 1, 1, tzinfo=UTC)
 
 
 class Bar(NamedTuple):
@@ -23,14 +28,20 @@ class Bar(NamedTuple):
     source: str
 
 
+def _epoch(value: int, per_second: int, unit: str) -> dt.datetime:
+    """A UTC datetime; ValueError when `value` cannot be a market time in `unit`."""
+    seconds, rest = divmod(value, per_second)
+    if not EARLIEST.timestamp() <= seconds < LATEST.timestamp():
+        raise ValueError(f"{value!r} is not epoch {unit} between {EARLIEST.year} and {LATEST.year}")
+    return dt.datetime.fromtimestamp(seconds, UTC).replace(microsecond=rest * 1_000_000 // per_second)
+
+
 def ts_from_ns(ns: int) -> dt.datetime:
-    return dt.datetime.fromtimestamp(ns // 1_000_000_000, UTC).replace(
-        microsecond=(ns % 1_000_000_000) // 1000
-    )
+    return _epoch(ns, 1_000_000_000, "nanoseconds")
 
 
 def ts_from_ms(ms: int) -> dt.datetime:
-    return dt.datetime.fromtimestamp(ms // 1000, UTC).replace(microsecond=(ms % 1000) * 1000)
+    return _epoch(ms, 1000, "milliseconds")
 
 
 def price_problem(open_: float, high: float, low: float, close: float, volume: float) -> str | None:
@@ -46,6 +57,18 @@ def price_problem(open_: float, high: float, low: float, close: float, volume: f
         return f"low {low!r} above min(open, close) {min(open_, close)!r}"
     if low > high:
         return f"low {low!r} above high {high!r}"
+    return None
+
+
+def bar_problem(bar: Bar) -> str | None:
+    """price_problem, and what else the bar tables cannot hold: a bad vwap or transactions count."""
+    problem = price_problem(bar.open, bar.high, bar.low, bar.close, bar.volume)
+    if problem:
+        return problem
+    if bar.vwap is not None and (not math.isfinite(bar.vwap) or bar.vwap < 0):
+        return f"vwap must be finite and >= 0, got {bar.vwap!r}"
+    if bar.transactions is not None and not 0 <= bar.transactions <= MAX_TRANSACTIONS:
+        return f"transactions must be between 0 and {MAX_TRANSACTIONS}, got {bar.transactions!r}"
     return None
 
 

@@ -16,7 +16,8 @@ import click
 
 from chronox import registry
 from chronox.bars import isoformat_utc
-from chronox.settings import PUBLISH_MODES, SNAPSHOT_METHODS, ConfigError, Settings, load_settings
+from chronox.settings import (MAX_PUBLISH_THROTTLE_MS, PUBLISH_MODES, SNAPSHOT_METHODS, ConfigError, Settings,
+                              load_settings)
 from chronox.strategy import InvalidInput
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -32,6 +33,7 @@ def _user_errors(func: F) -> F:
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from botocore.exceptions import BotoCoreError, ClientError
         from sqlalchemy.exc import OperationalError, ProgrammingError
 
         from chronox.sources.flatfiles import FlatFileError
@@ -46,6 +48,8 @@ def _user_errors(func: F) -> F:
                 raise click.ClickException(
                     "database has no ChronoX tables: run `chronox db upgrade` first") from None
             raise click.ClickException(f"database error: {text.strip().splitlines()[0]}") from None
+        except (BotoCoreError, ClientError) as exc:  # e.g. the S3 endpoint of CHRONOX_FLATFILES_URL is unreachable
+            raise click.ClickException(f"flat files: {exc}") from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -274,7 +278,7 @@ def _show_plan(settings: Settings, request: dict[str, Any], as_json: bool) -> No
                    "the outbox (default CHRONOX_PUBLISH_MODE or kafka-first).")
 @click.option("--no-stream", is_flag=True, help="Leave out the stream phase (symbols only streaming are skipped).")
 @click.option("--timeframe", help="Bar timeframe to ingest: 1m (5m, 15m and 1h are views over it).")
-@click.option("--throttle-ms", type=click.IntRange(min=0),
+@click.option("--throttle-ms", type=click.IntRange(min=0, max=MAX_PUBLISH_THROTTLE_MS),
               help="Pause after each Kafka message, in milliseconds (default CHRONOX_PUBLISH_THROTTLE_MS or 0).")
 @click.option("--dry-run", is_flag=True, help="Show the task graph that would run (symbols, phases, days); touch nothing.")
 @_user_errors

@@ -145,7 +145,8 @@ def fill_window(settings: Settings, symbol: str, start: str, end: str) -> dict[s
         for day in days:
             _lock_day(conn, day)  # the lock a flat-file load of the day takes
         still = set(missing_days(conn, symbol, days[0], days[-1])) & set(days)
-        bars = [b for b in good if new_york_day(b) in still]
+        # One bar per minute, the last winning as in the upsert, so the counts match the rows.
+        bars = list({b.ts: b for b in good if new_york_day(b) in still}.values())
         counts = Counter(new_york_day(b) for b in bars)
         upsert_bars(engine, bars, conn=conn)
         # A day REST has no bar for is covered too: the symbol did not trade.

@@ -17,7 +17,7 @@ from typing import Any
 from kafka.errors import KafkaError
 from sqlalchemy import Connection, Engine, delete, update
 
-from chronox.bars import Bar, isoformat_utc, price_problem
+from chronox.bars import Bar, bar_problem, isoformat_utc
 from chronox.db import get_engine
 from chronox.models import Dividend, Ohlcv1d, Split, SymbolRegistry, TickerDetails
 from chronox.publish import KafkaPublisher, PublishError, drop_publisher, get_publisher
@@ -77,7 +77,7 @@ def checked(bars: Sequence[Bar], origin: str) -> tuple[list[Bar], list[Quarantin
     """Bars that can be real bars, and quarantine records with the reason for the others."""
     good, bad = [], []
     for bar in bars:
-        problem = price_problem(bar.open, bar.high, bar.low, bar.close, bar.volume)
+        problem = bar_problem(bar)
         if problem is None:
             good.append(bar)
         else:
@@ -168,8 +168,9 @@ def load_daily_bars(settings: Settings, symbol: str, start: str, end: str) -> di
     if first > last:
         return {"symbol": symbol, "provider": provider.name, "days": 0, "quarantined": 0}
     good, bad = checked(provider.daily_bars(symbol, first, last), f"{provider.name}:daily:{symbol}")
-    rows = [{"symbol": b.symbol, "day": new_york_day(b), **{c: getattr(b, c) for c in BAR_COLUMNS}}
-            for b in good]
+    # One row per day, the last bar winning: an upsert may not touch a row twice.
+    rows = list({new_york_day(b): {"symbol": b.symbol, "day": new_york_day(b),
+                                   **{c: getattr(b, c) for c in BAR_COLUMNS}} for b in good}.values())
 
     def write(conn: Connection) -> list[Bar]:
         upsert(conn, Ohlcv1d.__table__, rows, keys=("symbol", "day"), updates=BAR_COLUMNS)

@@ -147,6 +147,13 @@ class Settings:
         return (today or dt.date.today()) - dt.timedelta(days=30)
 
 
+def _throttle_ms() -> int:
+    value = _parse_int("CHRONOX_PUBLISH_THROTTLE_MS", _env("CHRONOX_PUBLISH_THROTTLE_MS"), 0) or 0
+    if value > MAX_PUBLISH_THROTTLE_MS:
+        raise ConfigError(f"CHRONOX_PUBLISH_THROTTLE_MS={value} is more than {MAX_PUBLISH_THROTTLE_MS} ms")
+    return value
+
+
 def load_settings() -> Settings:
     """Read the environment now; cheap enough to call per task."""
     publish_mode = (_env("CHRONOX_PUBLISH_MODE") or "kafka-first").lower()
@@ -180,7 +187,7 @@ def load_settings() -> Settings:
         polygon_api_key=_env("POLYGON_API_KEY"),
         polygon_base_url=_env("CHRONOX_POLYGON_BASE_URL") or "https://api.polygon.io",
         publish_mode=publish_mode,
-        publish_throttle_ms=_parse_int("CHRONOX_PUBLISH_THROTTLE_MS", _env("CHRONOX_PUBLISH_THROTTLE_MS"), 0) or 0,
+        publish_throttle_ms=_throttle_ms(),
         backfill_start=_parse_day("CHRONOX_BACKFILL_START", backfill_start)
         if backfill_start
         else None,
@@ -223,6 +230,9 @@ def load_settings() -> Settings:
 # Settings one run may override (`chronox run --publish-mode ...`); they travel to the
 # workers as the phase tasks' `options` kwarg, so none of them may be a secret.
 RUN_OPTIONS = ("publish_mode", "publish_throttle_ms", "snapshot_method")
+# A minute per message already stalls a day load for days; more is a typo, and beyond
+# about 10**12 ms time.sleep overflows.
+MAX_PUBLISH_THROTTLE_MS = 60_000
 
 
 def validate_run_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -234,8 +244,9 @@ def validate_run_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
         if name not in RUN_OPTIONS:
             raise ConfigError(f"unknown run option {name!r}; known: {', '.join(RUN_OPTIONS)}")
         if name == "publish_throttle_ms":
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ConfigError(f"publish_throttle_ms={value!r} must be a whole number of milliseconds >= 0")
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_PUBLISH_THROTTLE_MS:
+                raise ConfigError(f"publish_throttle_ms={value!r} must be a whole number of milliseconds "
+                                  f"from 0 to {MAX_PUBLISH_THROTTLE_MS}")
         else:
             choices = PUBLISH_MODES if name == "publish_mode" else SNAPSHOT_METHODS
             if not isinstance(value, str) or value.lower() not in choices:

@@ -66,9 +66,15 @@ def upsert(conn: Connection, table: Any, rows: Sequence[dict[str, Any]], keys: S
     conn.execute(statement, list(rows))
 
 
+def _storable(text: str) -> str:
+    """Text both databases accept: bad input can carry lone surrogates (undecodable bytes)
+    and NUL characters, which PostgreSQL text and the drivers' UTF-8 encoding refuse."""
+    return text.encode("utf-8", "backslashreplace").decode().replace("\x00", "\\x00")
+
+
 def quarantine_rows(conn: Connection, rows: Iterable[QuarantinedRow]) -> int:
-    batch = [{"origin": r.origin[:255], "symbol": (r.symbol or None) and r.symbol[:32]
-              .encode("utf-8", "backslashreplace").decode(), "raw": r.raw, "reason": r.reason}
+    batch = [{"origin": _storable(r.origin)[:255], "symbol": (r.symbol or None) and _storable(r.symbol)[:32],
+              "raw": _storable(r.raw), "reason": _storable(r.reason)}
              for r in rows]
     if batch:
         conn.execute(insert(QUARANTINE), batch)

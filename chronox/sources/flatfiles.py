@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, NamedTuple
 
-from chronox.bars import isoformat_utc, price_problem
+from chronox.bars import MAX_TRANSACTIONS, isoformat_utc, price_problem
 from chronox.calendar import day_bounds_utc
 from chronox.settings import Settings
 from chronox.strategy import SYMBOL_PATTERN
@@ -158,7 +158,10 @@ class DayFileReader:
         self.wanted = None if wanted is None else frozenset(wanted)
         self.origin = origin
         self.stats = DayFileStats()
-        start, _ = day_bounds_utc(day)
+        start, end = day_bounds_utc(day)
+        # 23, 24 or 25 hours: a minute past the day's end belongs to the next day's file, and
+        # loaded here it would sit outside the window a reload of this day replaces.
+        self.day_minutes = int((end - start).total_seconds()) // 60
         self.day_start_ns = int(start.timestamp()) * 1_000_000_000
         self.minute_times = [start + dt.timedelta(minutes=i) for i in range(MINUTES_PER_DAY)]
         self.minute_iso = [isoformat_utc(t) for t in self.minute_times]
@@ -176,7 +179,7 @@ class DayFileReader:
         Rendered inside the parsing loop; numbers are passed through as written in the
         file once float() accepted them, which saves re-rendering five floats per row.
         A spelling PostgreSQL may read differently (digit separators, exponents that
-        underflow) is rendered from the float instead.
+        underflow, tabs or non-ASCII digits and spaces) is rendered from the float instead.
         """
         return self._checked(source)
 
@@ -185,7 +188,8 @@ class DayFileReader:
             gzip.GzipFile(fileobj=self.raw, mode="rb"), encoding="utf-8",
             errors="surrogateescape", newline="",
         )
-        reader = csv.reader(text)
+        # Polygon never quotes; a stray quote must not swallow the lines after it into one field.
+        reader = csv.reader(text, quoting=csv.QUOTE_NONE)
         try:
             yield from self._rows(reader, copy_source)
         except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
@@ -208,20 +212,21 @@ class DayFileReader:
             raise FlatFileError(
                 f"{self.origin}: header lacks {', '.join(missing)} (expected {','.join(HEADER)})"
             )
-        return tuple(names.index(h) for h in HEADER)
+        # A row of another width than the header is misaligned: its values cannot be trusted.
+        return (*(names.index(h) for h in HEADER), len(names))
 
     def _rows(self, reader: Iterator[list[str]], copy_source: str | None) -> Iterator[Any]:
         """Valid rows as tuples, or as COPY lines when copy_source is given.
 
         One loop with everything inlined: this runs for every row of a 1-3 M row file.
         """
-        i_sym, i_vol, i_open, i_close, i_high, i_low, i_ws, i_n = self._header(reader)
-        width = max(i_sym, i_vol, i_open, i_close, i_high, i_low, i_ws, i_n) + 1
+        i_sym, i_vol, i_open, i_close, i_high, i_low, i_ws, i_n, width = self._header(reader)
         wanted = self.wanted
         stats = self.stats
         day_start_ns = self.day_start_ns
         progress, every = self.progress, self.progress_every
         iso = self.minute_iso
+        day_minutes = self.day_minutes
         null = "\\N"
         seen: dict[str, bytearray] = {}
         kept_total = 0
@@ -229,12 +234,12 @@ class DayFileReader:
             while True:
                 try:
                     for fields in reader:
-                        if len(fields) < width:
+                        if len(fields) != width:
                             symbol = fields[i_sym] if len(fields) > i_sym else None
                             if symbol is not None and wanted is not None and symbol not in wanted:
                                 stats.other_tickers += 1
                                 continue
-                            self._quarantine(symbol, fields, f"expected {len(HEADER)} columns, got {len(fields)}")
+                            self._quarantine(symbol, fields, f"expected {width} columns, got {len(fields)}")
                             continue
                         symbol = fields[i_sym]
                         if wanted is not None:
@@ -257,7 +262,7 @@ class DayFileReader:
                             self._quarantine(symbol, fields, f"unparseable field: {exc}")
                             continue
                         minute, rest = divmod(ws - day_start_ns, MINUTE_NS)
-                        if rest or not 0 <= minute < MINUTES_PER_DAY:
+                        if rest or not 0 <= minute < day_minutes:
                             self._quarantine(
                                 symbol, fields,
                                 f"window_start {ws} is not a minute of {self.day} (epoch nanoseconds expected)",
@@ -267,8 +272,9 @@ class DayFileReader:
                                 and low <= o and low <= c and h < INF and v < INF):
                             self._quarantine(symbol, fields, price_problem(o, h, low, c, v) or "invalid prices")
                             continue
-                        if n is not None and n < 0:
-                            self._quarantine(symbol, fields, f"transactions must be >= 0, got {n}")
+                        if n is not None and not 0 <= n <= MAX_TRANSACTIONS:
+                            self._quarantine(symbol, fields, f"transactions must be >= 0, got {n}" if n < 0 else
+                                             f"transactions must be <= {MAX_TRANSACTIONS}, got {n}")
                             continue
                         minutes = seen.get(symbol)
                         if minutes is None:
@@ -284,7 +290,10 @@ class DayFileReader:
                             yield symbol, minute, o, h, low, c, v, n
                             continue
                         numbers = f"{fields[i_open]}\t{fields[i_high]}\t{fields[i_low]}\t{fields[i_close]}\t{fields[i_vol]}"
-                        if "_" in numbers or "e" in numbers or "E" in numbers:
+                        # float() also takes tabs, Unicode digits and spaces around a number, which
+                        # would break the COPY line or PostgreSQL's float parser.
+                        if not numbers.isascii() or numbers.count("\t") != 4 \
+                                or "_" in numbers or "e" in numbers or "E" in numbers:
                             numbers = f"{o!r}\t{h!r}\t{low!r}\t{c!r}\t{v!r}"
                         yield f"{symbol}\t{iso[minute]}\t{numbers}\t{null}\t{null if n is None else n}\t{copy_source}\n"
                     break

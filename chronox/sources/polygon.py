@@ -27,7 +27,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import urllib3
 
-from chronox.bars import UTC, Bar, ts_from_ms, ts_from_ns
+from chronox.bars import MAX_TRANSACTIONS, UTC, Bar, bar_problem, ts_from_ms, ts_from_ns
 from chronox.calendar import NEW_YORK, day_bounds_utc
 from chronox.ratelimit import RateLimiter, RequestBudget
 from chronox.settings import Settings
@@ -135,28 +135,68 @@ def _malformed(what: str, detail: str) -> PolygonError:
     return PolygonError(f"malformed response to {what}: {detail}")
 
 
-def _number(record: dict[str, Any], key: str, what: str, required: bool = True) -> float | None:
+def _show(value: Any) -> str:
+    # A hostile value can be megabytes long; the message only needs to identify it.
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:80]}...(+{len(text) - 80} chars)"
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _number(record: dict[str, Any], key: str, what: str, required: bool = True,
+            positive: bool = False) -> float | None:
     value = record.get(key)
     if value is None and not required:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise _malformed(what, f"field {key!r} is {value!r}, not a number")
-    return float(value)
+        raise _malformed(what, f"field {key!r} is {_show(value)}, not a number")
+    try:
+        number = float(value)
+    except OverflowError:
+        raise _malformed(what, f"field {key!r} is {_show(value)}, out of range") from None
+    if positive and not (math.isfinite(number) and number > 0):
+        raise _malformed(what, f"field {key!r} is {_show(value)}, not a positive number")
+    return number
 
 
-def _int(record: dict[str, Any], key: str, what: str, required: bool = True) -> int | None:
+def _int(record: dict[str, Any], key: str, what: str, required: bool = True,
+         maximum: int | None = None) -> int | None:
     value = record.get(key)
     if value is None and not required:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
-        raise _malformed(what, f"field {key!r} is {value!r}, not an integer")
+        raise _malformed(what, f"field {key!r} is {_show(value)}, not an integer")
+    if maximum is not None and not 0 <= value <= maximum:
+        raise _malformed(what, f"field {key!r} is {_show(value)}, not between 0 and {maximum}")
+    return value
+
+
+def _time(record: dict[str, Any], key: str, what: str, convert: Callable[[int], dt.datetime],
+          required: bool = True) -> dt.datetime | None:
+    """An epoch field as UTC; a value in another unit or out of range is a malformed answer."""
+    value = _int(record, key, what, required)
+    if value is None:
+        return None
+    try:
+        return convert(value)
+    except ValueError as exc:
+        raise _malformed(what, f"field {key!r}: {exc}") from None
+
+
+def _str(record: dict[str, Any], key: str, what: str, size: int) -> str | None:
+    """An optional text field that must fit its column."""
+    value = record.get(key)
+    if value is not None and (not isinstance(value, str) or len(value) > size):
+        raise _malformed(what, f"field {key!r} is {_show(value)}, not text of at most {size} characters")
     return value
 
 
 def _id(record: dict[str, Any], what: str) -> str:
     value = record.get("id")
-    if not isinstance(value, str) or not value:
-        raise _malformed(what, f"record without an id: {str(record)[:80]}")
+    if not isinstance(value, str) or not value or len(value) > 100:
+        raise _malformed(what, f"record without a usable id: {str(record)[:80]}")
     return value
 
 
@@ -167,14 +207,14 @@ def _date(record: dict[str, Any], key: str, what: str, required: bool = True) ->
     try:
         return dt.date.fromisoformat(str(value))
     except ValueError:
-        raise _malformed(what, f"field {key!r} is {value!r}, not a date") from None
+        raise _malformed(what, f"field {key!r} is {_show(value)}, not a date") from None
 
 
 def agg_bar(symbol: str, record: Any, source: str, what: str) -> Bar:
     """A bar from an aggregate record (epoch ms window start)."""
     if not isinstance(record, dict):
-        raise _malformed(what, f"result {record!r} is not an object")
-    return Bar(symbol, ts_from_ms(_int(record, "t", what)), _number(record, "o", what),
+        raise _malformed(what, f"result {_show(record)} is not an object")
+    return Bar(symbol, _time(record, "t", what, ts_from_ms), _number(record, "o", what),
                _number(record, "h", what), _number(record, "l", what), _number(record, "c", what),
                _number(record, "v", what), _number(record, "vw", what, required=False),
                _int(record, "n", what, required=False), source)
@@ -210,9 +250,12 @@ class PolygonRest:
 
     def _json(self, response: Any, what: str) -> dict[str, Any]:
         try:
-            payload = json.loads(response.data)
+            # NaN and Infinity are not JSON; Python's parser would let them through as floats.
+            payload = json.loads(response.data, parse_constant=_reject_constant)
         except ValueError as exc:
             raise _malformed(what, f"not JSON ({exc})") from None
+        except RecursionError:
+            raise _malformed(what, "not JSON (nested too deeply)") from None
         if not isinstance(payload, dict):
             raise _malformed(what, "not a JSON object")
         if payload.get("status") not in ("OK", "DELAYED"):
@@ -234,7 +277,10 @@ class PolygonRest:
             yield page
 
     def _aggs(self, symbol: str, timespan: str, start: Any, end: Any, what: str,
-              limit: int | None = None, sort: str = "asc", follow: bool = True) -> list[Bar]:
+              window: tuple[dt.datetime, dt.datetime], limit: int | None = None, sort: str = "asc",
+              follow: bool = True) -> list[Bar]:
+        """Aggregates whose window start lies in [window[0], window[1]); any other is malformed:
+        a timestamp in the wrong unit would otherwise land on another day and be dropped there."""
         # Flat files are unadjusted; REST bars must be too, or a split would show as a jump.
         response = self._client.get_aggs(symbol, 1, timespan, start, end, adjusted=False, sort=sort,
                                          limit=limit or self._page_limit, raw=True)
@@ -245,7 +291,12 @@ class PolygonRest:
             if isinstance(count, bool) or not isinstance(count, int) or count < 0 \
                     or not isinstance(results, list) or len(results) != count:
                 raise _malformed(what, f"resultsCount {count!r} does not match the results")
-            bars.extend(agg_bar(symbol, r, "api", what) for r in results)
+            for record in results:
+                bar = agg_bar(symbol, record, "api", what)
+                if not window[0] <= bar.ts < window[1]:
+                    raise _malformed(what, f"bar at {bar.ts.isoformat()} is outside the requested "
+                                           f"{window[0].isoformat()}..{window[1].isoformat()}")
+                bars.append(bar)
             if not follow:
                 break
         return bars
@@ -254,19 +305,29 @@ class PolygonRest:
         start, end = day_bounds_utc(first)[0], day_bounds_utc(last)[1]
         # Epoch ms bounds: exactly the New York days, whatever Polygon makes of a bare date.
         return self._aggs(symbol, "minute", _ms(start), _ms(end) - 1,
-                          f"minute aggregates of {symbol} {first}..{last}")
+                          f"minute aggregates of {symbol} {first}..{last}", (start, end))
 
     def daily_bars(self, symbol: str, first: dt.date, last: dt.date) -> list[Bar]:
         return self._aggs(symbol, "day", first.isoformat(), last.isoformat(),
-                          f"daily aggregates of {symbol} {first}..{last}")
+                          f"daily aggregates of {symbol} {first}..{last}",
+                          # A day of slack: Polygon stamps daily bars at New York midnight, but
+                          # only a unit or range mistake is worth failing the answer for.
+                          (day_bounds_utc(first)[0] - dt.timedelta(days=1),
+                           day_bounds_utc(last)[1] + dt.timedelta(days=1)))
 
     def last_minute_agg(self, symbol: str, now: dt.datetime | None = None) -> Snapshot | None:
         now = now or dt.datetime.now(UTC)
-        bars = self._aggs(symbol, "minute", _ms(now - dt.timedelta(days=7)), _ms(now),
-                          f"latest minute aggregate of {symbol}", limit=1, sort="desc", follow=False)
+        what = f"latest minute aggregate of {symbol}"
+        since = now - dt.timedelta(days=7)
+        bars = self._aggs(symbol, "minute", _ms(since), _ms(now), what,
+                          (since.replace(microsecond=0), now + dt.timedelta(milliseconds=1)),
+                          limit=1, sort="desc", follow=False)
         if not bars:
             return None
         bar = bars[0]
+        problem = bar_problem(bar)
+        if problem:
+            raise _malformed(what, problem)
         return Snapshot(symbol, bar.ts, bar.close, bar.volume, None, "agg")
 
     def ticker_details(self, symbol: str) -> dict[str, Any]:
@@ -294,8 +355,9 @@ class PolygonRest:
             "pay_date": _date(r, "pay_date", what, required=False),
             "declaration_date": _date(r, "declaration_date", what, required=False),
             "cash_amount": _number(r, "cash_amount", what),
-            "currency": r.get("currency"), "frequency": _int(r, "frequency", what, required=False),
-            "dividend_type": r.get("dividend_type"),
+            "currency": _str(r, "currency", what, 8),
+            "frequency": _int(r, "frequency", what, required=False, maximum=MAX_TRANSACTIONS),
+            "dividend_type": _str(r, "dividend_type", what, 8),
         } for r in self._reference(self._client.list_dividends, symbol, what)]
 
     def splits(self, symbol: str) -> list[dict[str, Any]]:
@@ -303,7 +365,8 @@ class PolygonRest:
         return [{
             "id": _id(r, what), "symbol": symbol,
             "execution_date": _date(r, "execution_date", what),
-            "split_from": _number(r, "split_from", what), "split_to": _number(r, "split_to", what),
+            "split_from": _number(r, "split_from", what, positive=True),
+            "split_to": _number(r, "split_to", what, positive=True),
         } for r in self._reference(self._client.list_splits, symbol, what)]
 
     def snapshots(self, symbols: Sequence[str]) -> list[Snapshot]:
@@ -312,10 +375,12 @@ class PolygonRest:
         tickers = payload.get("tickers")
         if not isinstance(tickers, list):
             raise _malformed(what, "no tickers list")
+        wanted = set(symbols)
         out = []
         for record in tickers:
             snap = _ticker_snapshot(record, what)
-            if snap is not None:
+            # A ticker nobody asked for is not ours to store (and may not fit the symbol column).
+            if snap is not None and snap.symbol in wanted:
                 out.append(snap)
         return out
 
@@ -324,7 +389,7 @@ class PolygonRest:
         results = self._json(self._client.get_last_trade(symbol, raw=True), what).get("results")
         if not isinstance(results, dict):
             raise _malformed(what, "no results object")
-        return Snapshot(symbol, ts_from_ns(_int(results, "t", what)), _number(results, "p", what),
+        return Snapshot(symbol, _time(results, "t", what, ts_from_ns), _number(results, "p", what, positive=True),
                         _number(results, "s", what, required=False), None, "rest")
 
 
@@ -335,7 +400,7 @@ def _positive(value: float | None) -> float | None:
 def _ticker_snapshot(record: Any, what: str) -> Snapshot | None:
     """One entry of the all-tickers snapshot; None when it carries no price yet (pre-market)."""
     if not isinstance(record, dict) or not isinstance(record.get("ticker"), str):
-        raise _malformed(what, f"entry {str(record)[:80]!r} has no ticker")
+        raise _malformed(what, f"entry {_show(record)} has no ticker")
     sections = {}
     for key in ("lastTrade", "min", "day", "prevDay"):
         section = record.get(key) or {}
@@ -348,12 +413,14 @@ def _ticker_snapshot(record: Any, what: str) -> Snapshot | None:
              or _positive(_number(day, "c", what, required=False)))
     if price is None:
         return None
-    updated = _int(record, "updated", what, required=False) or _int(trade, "t", what, required=False)
-    if updated:
-        ts = ts_from_ns(updated)
+    ts = None
+    if _int(record, "updated", what, required=False):
+        ts = _time(record, "updated", what, ts_from_ns)
+    elif _int(trade, "t", what, required=False):
+        ts = _time(trade, "t", what, ts_from_ns)
     elif _int(minute, "t", what, required=False):
-        ts = ts_from_ms(minute["t"])
-    else:
+        ts = _time(minute, "t", what, ts_from_ms)
+    if ts is None:
         return None
     return Snapshot(record["ticker"], ts, price, _number(day, "v", what, required=False),
                     _positive(_number(sections["prevDay"], "c", what, required=False)), "snapshot")

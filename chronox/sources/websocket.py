@@ -22,7 +22,7 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, WebSocketException
 
-from chronox.bars import Bar, price_problem, ts_from_ms
+from chronox.bars import Bar, bar_problem, ts_from_ms
 from chronox.strategy import SYMBOL_PATTERN
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,11 @@ def backoff_delay(attempt: int, low: float, high: float,
 
 def split_frame(text: str | bytes) -> tuple[list[Any], list[dict[str, Any]]]:
     """(data events, status messages) of one frame; raises ValueError for a non-array frame."""
-    items = json.loads(text)
+    try:
+        items = json.loads(text)
+    except RecursionError:
+        # A frame of deeply nested arrays must be one bad frame, not the end of the reader.
+        raise ValueError("frame is nested too deeply") from None
     if not isinstance(items, list):
         raise ValueError("frame is not a JSON array")
     events: list[Any] = []
@@ -73,22 +77,31 @@ def am_to_bar(event: Any) -> Bar:
         raise ValueError("not an AM event")
     symbol = event.get("sym")
     if not isinstance(symbol, str) or not SYMBOL_PATTERN.fullmatch(symbol):
-        raise ValueError(f"invalid symbol {symbol!r}")
+        raise ValueError(f"invalid symbol {_short(symbol)}")
     try:
         start = event["s"]
         if not isinstance(start, int) or isinstance(start, bool) or start <= 0:
-            raise ValueError(f"window start s={start!r} is not epoch milliseconds")
-        o, h, low, c, v = (float(event[k]) for k in ("o", "h", "l", "c", "v"))
+            raise ValueError(f"window start s={_short(start)} is not epoch milliseconds")
+        values = [event[k] for k in ("o", "h", "l", "c", "v")]
         vwap = event.get("vw")
+        if any(isinstance(x, bool) for x in (*values, vwap)):  # float(True) would be a price of 1
+            raise ValueError("non-numeric field: true/false where a number belongs")
+        o, h, low, c, v = (float(x) for x in values)
         vwap = None if vwap is None else float(vwap)
     except KeyError as exc:
-        raise ValueError(f"missing field {exc.args[0]!r}") from None
-    except TypeError as exc:
+        raise ValueError(f"missing field {_short(exc.args[0])}") from None
+    except (TypeError, OverflowError) as exc:  # OverflowError: an integer too large for a float
         raise ValueError(f"non-numeric field: {exc}") from None
-    problem = price_problem(o, h, low, c, v)
+    bar = Bar(symbol, ts_from_ms(start), o, h, low, c, v, vwap, None, "stream")
+    problem = bar_problem(bar)
     if problem:
         raise ValueError(problem)
-    return Bar(symbol, ts_from_ms(start), o, h, low, c, v, vwap, None, "stream")
+    return bar
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:80]}...(+{len(text) - 80} chars)"
 
 
 class PolygonStream:
