@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -19,7 +19,7 @@ from chronox.calendar import trading_days
 from chronox.db import get_engine
 from chronox.models import Coverage, Quarantine
 from chronox.publish import PublishError, announce, drop_publisher, get_publisher, kafka_status
-from chronox.rest import is_warning
+from chronox.rest import SKIP_WARNING, is_warning
 from chronox.settings import Settings, validate_run_options
 from chronox.sources.flatfiles import DayFileReader, FlatFileError, FlatFileStore, QuarantinedRow
 from chronox.store import load_flat_day, outbox_size, publish_outbox_entries, quarantine_rows
@@ -137,9 +137,18 @@ def plan_run(settings: Settings, symbols: Sequence[str] | None = None,
                    checked_options)
 
 
-def begin_run(settings: Settings, symbols: Sequence[str]) -> dict[str, Any]:
-    registry.set_status(get_engine(settings.database_url), list(symbols), "running")
-    return {"running": len(symbols)}
+def begin_run(settings: Settings, symbols: Sequence[str], rest_skipped: Sequence[str] = ()) -> dict[str, Any]:
+    """Mark the run's symbols running; those whose REST steps the run leaves out (no
+    provider) carry the skip warning, which finalize keeps on the completed row."""
+    engine = get_engine(settings.database_url)
+    skipped = set(rest_skipped)
+    registry.set_status(engine, [s for s in symbols if s not in skipped], "running")
+    result: dict[str, Any] = {"running": len(symbols)}
+    if skipped:
+        registry.set_status(engine, [s for s in symbols if s in skipped], "running", error_message=SKIP_WARNING)
+        log.warning("REST steps of %d symbol(s) left out: %s", len(skipped), SKIP_WARNING)
+        result.update(step="REST steps", symbols=sorted(skipped), skipped=SKIP_WARNING)
+    return result
 
 
 def load_day(settings: Settings, day: str, symbols: Sequence[str],
@@ -245,6 +254,15 @@ def finalize_symbol(settings: Settings, symbol: str, start: str, end: str,
         _drain(settings, [(symbol, dt.date.fromisoformat(d), "flatpack") for d in days])
     announce(settings, "backfill", symbol, summary)
     return summary
+
+
+def finalize_symbols(settings: Settings, symbols: Sequence[str], start: str, end: str,
+                     days: Sequence[str]) -> dict[str, Any]:
+    """finalize_symbol for symbols sharing one window; a rerun after a failure redoes all,
+    which is harmless: finalize is idempotent."""
+    finished = [finalize_symbol(settings, symbol, start, end, days) for symbol in symbols]
+    return {"symbols": len(finished), "status": dict(sorted(Counter(f["status"] for f in finished).items())),
+            "rows": sum(f["rows"] for f in finished)}
 
 
 def run_summary(settings: Settings, symbols: Sequence[str]) -> dict[str, Any]:

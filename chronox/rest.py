@@ -41,11 +41,15 @@ def is_warning(message: str | None) -> bool:
     return bool(message and message.startswith(WARNING_PREFIX))
 
 
+def provider_configured(settings: Settings) -> bool:
+    return settings.provider == "replay" or bool(settings.polygon_api_key)
+
+
 def get_provider(settings: Settings) -> Provider | None:
+    if not provider_configured(settings):
+        return None
     if settings.provider == "replay":
         return ReplayProvider(settings)
-    if not settings.polygon_api_key:
-        return None
     return PolygonRest(settings, get_limiter(settings))
 
 

@@ -33,7 +33,10 @@ def get_json(url: str, user: str, password: str):
     return json.loads(get_text(url, user, password))
 
 
-def test_flower_lists_a_backfill_with_names_arguments_and_states(pg_url, flatfiles, start_worker, tmp_path):
+def test_flower_lists_a_backfill_with_names_arguments_and_states(pg_url, flatfiles, start_worker, tmp_path,
+                                                                 monkeypatch):
+    # the replay provider answers REST from the flat files, so the symbol's chain has its REST tasks
+    monkeypatch.setenv("CHRONOX_PROVIDER", "replay")
     write_days(flatfiles, DAYS[:2], ["FLA"])
     registry.add_symbol(get_engine(pg_url), "FLA", "flatpack")
     port = free_port()

@@ -73,10 +73,14 @@ def test_flatpack_loads_reference_actions_and_daily_bars_before_minute_bars(rest
 def test_without_a_key_rest_steps_are_skipped_with_a_warning_and_flat_files_still_load(rest_db, flatfiles):
     flat = write_days(flatfiles, DAYS, ["NOKEY"])
     registry.add_symbol(get_engine(rest_db), "NOKEY", "flatpack+api+snapshot")
-    results = run(["NOKEY"])
+    plan = plan_run(load_settings(), symbols=["NOKEY"], start=DAYS[0].isoformat(), end=DAYS[-1].isoformat())
+    steps = inline_steps(plan)
+    # the REST steps are left out of the canvas, not run to say "skipped" one by one
+    assert [s.task for s in steps] == ["chronox.phase.begin"] + ["chronox.phase.flatpack_day"] * 3 + \
+        ["chronox.phase.finalize"]
+    results = run_inline(steps)
     skipped = [r for r in results if isinstance(r, dict) and r.get("skipped")]
-    assert [r["step"] for r in skipped] == ["reference data", "corporate actions", "daily bars",
-                                           "api gap fill", "snapshot"]
+    assert [(r["step"], r["symbols"], r["skipped"]) for r in skipped] == [("REST steps", ["NOKEY"], SKIP_WARNING)]
     assert rows_by_symbol_day(rest_db) == {("NOKEY", d.isoformat()): flat[("NOKEY", d)] for d in DAYS}
     row = registry.get_symbol(get_engine(rest_db), "NOKEY")
     assert (row["status"], row["last_backfill"], row["error_message"]) == ("completed", "2024-01-04", SKIP_WARNING)

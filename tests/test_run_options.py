@@ -116,4 +116,4 @@ def test_run_options_travel_to_workers(pg_url, flatfiles, start_worker, monkeypa
         assert summary["symbols"][symbol]["status"] == "completed"
     assert count(pg_url, "SELECT count(*) FROM publish_outbox") == 4  # committed, waiting for Kafka
     log = worker.log_path.read_text(errors="replace")
-    assert "Task chronox.phase.finalize[" in log and "Task chronox.phase.stream[" not in log
+    assert "Task chronox.phase.finalize_batch[" in log and "Task chronox.phase.stream[" not in log

@@ -2,9 +2,15 @@
 
 Shape of one execution (DESIGN decisions 1 and 5):
 
-    begin(symbols) -> chord(group(flatpack_day(day, symbols_of_day) ...),
-                            fanout(per-symbol specs))
-    fanout -> group(chain(<per-symbol phases> ..., finalize(symbol)) ...)
+    begin(symbols) -> chord(group(flatpack_day(day, symbols_of_day) ...,
+                                  chain(<symbol's REST prepare steps>) ...),
+                            fanout(symbol specs, grouped by identical window))
+    fanout -> group(chain(<per-symbol phases> ..., finalize(symbol)) ...,
+                    finalize_batch(up to 25 symbols without phases of their own) ...)
+
+Without a REST provider (no POLYGON_API_KEY, no replay) the REST steps are left out of
+the canvas and begin notes the skip once on the registry rows: hundreds of tasks that
+would each only say "skipped" cost more than the whole run's real work.
 
 The in-process runner executes exactly these signatures, one after another.
 """
@@ -16,7 +22,7 @@ from typing import Any
 from celery import chain, chord, group, signature
 from celery.canvas import Signature, _chain
 
-from chronox import backfill
+from chronox import backfill, rest
 from chronox.celery_app import app
 from chronox.settings import load_settings, run_settings
 from chronox.tasks.base import ChronoxTask
@@ -32,9 +38,13 @@ SYMBOL_PHASE_TASKS: dict[str, str] = {"api": "chronox.rest.api_gaps", "snapshot"
                                       "stream": "chronox.phase.stream"}
 
 
+# Phases whose tasks talk to Polygon's REST API.
+REST_PHASES = frozenset({"api", "snapshot"} | set(SYMBOL_PREPARE_TASKS))
+
+
 @app.task(name="chronox.phase.begin", base=ChronoxTask)
-def begin(symbols: list[str]) -> dict[str, Any]:
-    return backfill.begin_run(load_settings(), symbols)
+def begin(symbols: list[str], rest_skipped: list[str] | None = None) -> dict[str, Any]:
+    return backfill.begin_run(load_settings(), symbols, rest_skipped=rest_skipped or ())
 
 
 @app.task(name="chronox.phase.flatpack_day", base=ChronoxTask, bind=True)
@@ -46,10 +56,63 @@ def flatpack_day(self: ChronoxTask, day: str, symbols: list[str], expected_rows:
     return backfill.load_day(run_settings(options), day, symbols, progress=progress)
 
 
+# Symbols whose chain would be finalize alone are finalized this many to a task: a task
+# costs a worker several milliseconds of messaging, a finalize about five of real work.
+FINALIZE_BATCH = 25
+
+
 @app.task(name="chronox.phase.fanout", base=ChronoxTask)
-def fanout(specs: list[dict[str, Any]], options: dict[str, Any] | None = None) -> dict[str, Any]:
-    group(chain(*symbol_chain(spec, options or {})) for spec in specs).apply_async()
-    return {"chains": len(specs)}
+def fanout(spec_groups: list[dict[str, Any]], options: dict[str, Any] | None = None) -> dict[str, Any]:
+    tails = tail_signatures(spec_groups, options or {}, rest_available(options or {}))
+    group(tails).apply_async()
+    return {"symbols": sum(len(g["symbols"]) for g in spec_groups), "tasks_sent": len(tails)}
+
+
+def tail_signatures(spec_groups: list[dict[str, Any]], options: dict[str, Any],
+                    with_rest: bool) -> list[Signature]:
+    """What runs after the day loads: a chain per symbol with phases of its own, and
+    batched finalizes for the symbols that have none."""
+    tails: list[Signature] = []
+    for shape in spec_groups:
+        alone: list[str] = []
+        for spec in expand_specs([shape]):
+            steps = symbol_chain(spec, options, with_rest)
+            if len(steps) == 1:
+                alone.append(spec["symbol"])
+            else:
+                tails.append(chain(*steps))
+        for i in range(0, len(alone), FINALIZE_BATCH):
+            batch = alone[i:i + FINALIZE_BATCH]
+            if len(batch) == 1:
+                tails.append(_step(finalize.name, {**shape, "symbol": batch[0]}, options, days=shape["days"]))
+            else:
+                kwargs = {"symbols": batch, "start": shape["start"], "end": shape["end"], "days": shape["days"]}
+                tails.append(finalize_batch.si(**kwargs, **({"options": options} if options else {})))
+    return tails
+
+
+def compact_specs(specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Symbol specs grouped by identical phases and window.
+
+    Celery copies a chord's body into the message of every header task, so the fan-out's
+    arguments travel once per day file and prepare chain: a few bytes per symbol instead
+    of a whole spec keeps that from growing with symbols squared.
+    """
+    groups: dict[str, dict[str, Any]] = {}
+    for spec in specs:
+        shape = {k: v for k, v in spec.items() if k != "symbol"}
+        key = repr(sorted(shape.items()))
+        groups.setdefault(key, {**shape, "symbols": []})["symbols"].append(spec["symbol"])
+    return list(groups.values())
+
+
+def expand_specs(spec_groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{"symbol": symbol, **{k: v for k, v in shape.items() if k != "symbols"}}
+            for shape in spec_groups for symbol in shape["symbols"]]
+
+
+def rest_available(options: dict[str, Any]) -> bool:
+    return rest.provider_configured(run_settings(options))
 
 
 @app.task(name="chronox.phase.finalize", base=ChronoxTask)
@@ -58,13 +121,20 @@ def finalize(symbol: str, start: str, end: str, days: list[str],
     return backfill.finalize_symbol(run_settings(options), symbol, start, end, days)
 
 
+@app.task(name="chronox.phase.finalize_batch", base=ChronoxTask)
+def finalize_batch(symbols: list[str], start: str, end: str, days: list[str],
+                   options: dict[str, Any] | None = None) -> dict[str, Any]:
+    return backfill.finalize_symbols(run_settings(options), symbols, start, end, days)
+
+
 @app.task(name="chronox.publish.drain_outbox", base=ChronoxTask)
 def drain_outbox() -> dict[str, Any]:
     return backfill.drain_outbox(load_settings())
 
 
-def symbol_chain(spec: dict[str, Any], options: dict[str, Any]) -> list[Signature]:
-    steps = [_step(SYMBOL_PHASE_TASKS[p], spec, options) for p in spec["phases"] if p in SYMBOL_PHASE_TASKS]
+def symbol_chain(spec: dict[str, Any], options: dict[str, Any], with_rest: bool = True) -> list[Signature]:
+    steps = [_step(SYMBOL_PHASE_TASKS[p], spec, options) for p in spec["phases"]
+             if p in SYMBOL_PHASE_TASKS and (with_rest or p not in REST_PHASES)]
     steps.append(_step(finalize.name, spec, options, days=spec["days"]))
     return steps
 
@@ -76,23 +146,33 @@ def _step(name: str, spec: dict[str, Any], options: dict[str, Any], **extra: Any
     return signature(name, kwargs=kwargs, immutable=True)
 
 
-def prepare_chain(spec: dict[str, Any], options: dict[str, Any]) -> list[Signature]:
+def prepare_chain(spec: dict[str, Any], options: dict[str, Any], with_rest: bool = True) -> list[Signature]:
+    if not with_rest:
+        return []
     return [_step(name, spec, options) for p in spec["phases"] for name in SYMBOL_PREPARE_TASKS.get(p, ())]
+
+
+def rest_skipped(plan: backfill.RunPlan, with_rest: bool) -> list[str]:
+    """Symbols whose phases have REST steps that this run leaves out."""
+    return [] if with_rest else [s.symbol for s in plan.symbols if REST_PHASES & set(s.phases)]
 
 
 def build_stages(plan: backfill.RunPlan) -> tuple[Signature, list[Signature], list[dict[str, Any]]]:
     """(start, header, per-symbol specs): the header runs in parallel before the fan-out."""
     app.loader.import_default_modules()  # every phase's task module registers its tasks
+    with_rest = rest_available(plan.options)
     symbols = [s.symbol for s in plan.symbols]
     specs = [s.as_dict() for s in plan.symbols]
     day_options = {"options": plan.options} if plan.options else {}
     header: list[Signature] = [flatpack_day.si(day=day, symbols=day_symbols, **day_options)
                                for day, day_symbols in plan.days.items()]
     for spec in specs:
-        steps = prepare_chain(spec, plan.options)
+        steps = prepare_chain(spec, plan.options, with_rest)
         if steps:
             header.append(chain(*steps) if len(steps) > 1 else steps[0])
-    return begin.si(symbols=symbols), header, specs
+    skipped = rest_skipped(plan, with_rest)
+    start = begin.si(symbols=symbols, rest_skipped=skipped) if skipped else begin.si(symbols=symbols)
+    return start, header, specs
 
 
 def dispatch(plan: backfill.RunPlan) -> str | None:
@@ -100,10 +180,8 @@ def dispatch(plan: backfill.RunPlan) -> str | None:
     start, header, specs = build_stages(plan)
     if not specs:
         return None
-    if header:
-        workflow = chain(start, chord(group(header), fanout.si(specs=specs, options=plan.options)))
-    else:
-        workflow = chain(start, fanout.si(specs=specs, options=plan.options))
+    spread = fanout.si(spec_groups=compact_specs(specs), options=plan.options)
+    workflow = chain(start, chord(group(header), spread)) if header else chain(start, spread)
     return workflow.apply_async().id
 
 
@@ -116,8 +194,8 @@ def inline_steps(plan: backfill.RunPlan) -> list[Signature]:
     for item in header:
         # chain(a, b) builds a celery.canvas._chain, which is not an instance of chain
         steps.extend(item.tasks if isinstance(item, _chain) else [item])
-    for spec in specs:
-        steps.extend(symbol_chain(spec, plan.options))
+    for tail in tail_signatures(compact_specs(specs), plan.options, rest_available(plan.options)):
+        steps.extend(tail.tasks if isinstance(tail, _chain) else [tail])
     return steps
 
 
