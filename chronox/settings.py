@@ -36,7 +36,7 @@ def _parse_day(name: str, value: str) -> dt.date:
         raise ConfigError(f"{name}={value!r} is not a date (YYYY-MM-DD)") from None
 
 
-def _parse_int(name: str, value: str | None, default: int | None) -> int | None:
+def _parse_int(name: str, value: str | None, default: int | None, maximum: int | None = None) -> int | None:
     if value is None:
         return default
     try:
@@ -45,6 +45,8 @@ def _parse_int(name: str, value: str | None, default: int | None) -> int | None:
         raise ConfigError(f"{name}={value!r} is not an integer") from None
     if number < 0:
         raise ConfigError(f"{name}={value!r} must not be negative")
+    if maximum is not None and number > maximum:
+        raise ConfigError(f"{name}={value!r} is more than {maximum}")
     return number
 
 
@@ -147,11 +149,9 @@ class Settings:
         return (today or dt.date.today()) - dt.timedelta(days=30)
 
 
-def _throttle_ms() -> int:
-    value = _parse_int("CHRONOX_PUBLISH_THROTTLE_MS", _env("CHRONOX_PUBLISH_THROTTLE_MS"), 0) or 0
-    if value > MAX_PUBLISH_THROTTLE_MS:
-        raise ConfigError(f"CHRONOX_PUBLISH_THROTTLE_MS={value} is more than {MAX_PUBLISH_THROTTLE_MS} ms")
-    return value
+# A minute per message already stalls a day load for days; more is a typo, and beyond
+# about 10**12 ms time.sleep overflows.
+MAX_PUBLISH_THROTTLE_MS = 60_000
 
 
 def load_settings() -> Settings:
@@ -187,7 +187,8 @@ def load_settings() -> Settings:
         polygon_api_key=_env("POLYGON_API_KEY"),
         polygon_base_url=_env("CHRONOX_POLYGON_BASE_URL") or "https://api.polygon.io",
         publish_mode=publish_mode,
-        publish_throttle_ms=_throttle_ms(),
+        publish_throttle_ms=_parse_int("CHRONOX_PUBLISH_THROTTLE_MS", _env("CHRONOX_PUBLISH_THROTTLE_MS"), 0,
+                                       maximum=MAX_PUBLISH_THROTTLE_MS) or 0,
         backfill_start=_parse_day("CHRONOX_BACKFILL_START", backfill_start)
         if backfill_start
         else None,
@@ -230,9 +231,6 @@ def load_settings() -> Settings:
 # Settings one run may override (`chronox run --publish-mode ...`); they travel to the
 # workers as the phase tasks' `options` kwarg, so none of them may be a secret.
 RUN_OPTIONS = ("publish_mode", "publish_throttle_ms", "snapshot_method")
-# A minute per message already stalls a day load for days; more is a typo, and beyond
-# about 10**12 ms time.sleep overflows.
-MAX_PUBLISH_THROTTLE_MS = 60_000
 
 
 def validate_run_options(options: Mapping[str, Any] | None) -> dict[str, Any]:

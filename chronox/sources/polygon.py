@@ -31,6 +31,7 @@ from chronox.bars import MAX_TRANSACTIONS, UTC, Bar, bar_problem, ts_from_ms, ts
 from chronox.calendar import NEW_YORK, day_bounds_utc
 from chronox.ratelimit import RateLimiter, RequestBudget
 from chronox.settings import Settings
+from chronox.sources import shown
 
 TRANSIENT_STATUSES = frozenset({408, 425, 429, 499}) | frozenset(range(500, 600))
 AGGS_PAGE_LIMIT = 50_000  # Polygon's maximum; a 7-day window of minute bars fits one page
@@ -135,12 +136,6 @@ def _malformed(what: str, detail: str) -> PolygonError:
     return PolygonError(f"malformed response to {what}: {detail}")
 
 
-def _show(value: Any) -> str:
-    # A hostile value can be megabytes long; the message only needs to identify it.
-    text = repr(value)
-    return text if len(text) <= 80 else f"{text[:80]}...(+{len(text) - 80} chars)"
-
-
 def _reject_constant(name: str) -> float:
     raise ValueError(f"{name} is not a JSON number")
 
@@ -151,13 +146,13 @@ def _number(record: dict[str, Any], key: str, what: str, required: bool = True,
     if value is None and not required:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise _malformed(what, f"field {key!r} is {_show(value)}, not a number")
+        raise _malformed(what, f"field {key!r} is {shown(value)}, not a number")
     try:
         number = float(value)
     except OverflowError:
-        raise _malformed(what, f"field {key!r} is {_show(value)}, out of range") from None
+        raise _malformed(what, f"field {key!r} is {shown(value)}, out of range") from None
     if positive and not (math.isfinite(number) and number > 0):
-        raise _malformed(what, f"field {key!r} is {_show(value)}, not a positive number")
+        raise _malformed(what, f"field {key!r} is {shown(value)}, not a positive number")
     return number
 
 
@@ -167,9 +162,9 @@ def _int(record: dict[str, Any], key: str, what: str, required: bool = True,
     if value is None and not required:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
-        raise _malformed(what, f"field {key!r} is {_show(value)}, not an integer")
+        raise _malformed(what, f"field {key!r} is {shown(value)}, not an integer")
     if maximum is not None and not 0 <= value <= maximum:
-        raise _malformed(what, f"field {key!r} is {_show(value)}, not between 0 and {maximum}")
+        raise _malformed(what, f"field {key!r} is {shown(value)}, not between 0 and {maximum}")
     return value
 
 
@@ -189,7 +184,7 @@ def _str(record: dict[str, Any], key: str, what: str, size: int) -> str | None:
     """An optional text field that must fit its column."""
     value = record.get(key)
     if value is not None and (not isinstance(value, str) or len(value) > size):
-        raise _malformed(what, f"field {key!r} is {_show(value)}, not text of at most {size} characters")
+        raise _malformed(what, f"field {key!r} is {shown(value)}, not text of at most {size} characters")
     return value
 
 
@@ -207,13 +202,13 @@ def _date(record: dict[str, Any], key: str, what: str, required: bool = True) ->
     try:
         return dt.date.fromisoformat(str(value))
     except ValueError:
-        raise _malformed(what, f"field {key!r} is {_show(value)}, not a date") from None
+        raise _malformed(what, f"field {key!r} is {shown(value)}, not a date") from None
 
 
 def agg_bar(symbol: str, record: Any, source: str, what: str) -> Bar:
     """A bar from an aggregate record (epoch ms window start)."""
     if not isinstance(record, dict):
-        raise _malformed(what, f"result {_show(record)} is not an object")
+        raise _malformed(what, f"result {shown(record)} is not an object")
     return Bar(symbol, _time(record, "t", what, ts_from_ms), _number(record, "o", what),
                _number(record, "h", what), _number(record, "l", what), _number(record, "c", what),
                _number(record, "v", what), _number(record, "vw", what, required=False),
@@ -400,7 +395,7 @@ def _positive(value: float | None) -> float | None:
 def _ticker_snapshot(record: Any, what: str) -> Snapshot | None:
     """One entry of the all-tickers snapshot; None when it carries no price yet (pre-market)."""
     if not isinstance(record, dict) or not isinstance(record.get("ticker"), str):
-        raise _malformed(what, f"entry {_show(record)} has no ticker")
+        raise _malformed(what, f"entry {shown(record)} has no ticker")
     sections = {}
     for key in ("lastTrade", "min", "day", "prevDay"):
         section = record.get(key) or {}

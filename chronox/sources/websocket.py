@@ -23,6 +23,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, WebSocketException
 
 from chronox.bars import Bar, bar_problem, ts_from_ms
+from chronox.sources import shown
 from chronox.strategy import SYMBOL_PATTERN
 
 log = logging.getLogger(__name__)
@@ -77,11 +78,11 @@ def am_to_bar(event: Any) -> Bar:
         raise ValueError("not an AM event")
     symbol = event.get("sym")
     if not isinstance(symbol, str) or not SYMBOL_PATTERN.fullmatch(symbol):
-        raise ValueError(f"invalid symbol {_short(symbol)}")
+        raise ValueError(f"invalid symbol {shown(symbol)}")
     try:
         start = event["s"]
         if not isinstance(start, int) or isinstance(start, bool) or start <= 0:
-            raise ValueError(f"window start s={_short(start)} is not epoch milliseconds")
+            raise ValueError(f"window start s={shown(start)} is not epoch milliseconds")
         values = [event[k] for k in ("o", "h", "l", "c", "v")]
         vwap = event.get("vw")
         if any(isinstance(x, bool) for x in (*values, vwap)):  # float(True) would be a price of 1
@@ -89,7 +90,7 @@ def am_to_bar(event: Any) -> Bar:
         o, h, low, c, v = (float(x) for x in values)
         vwap = None if vwap is None else float(vwap)
     except KeyError as exc:
-        raise ValueError(f"missing field {_short(exc.args[0])}") from None
+        raise ValueError(f"missing field {shown(exc.args[0])}") from None
     except (TypeError, OverflowError) as exc:  # OverflowError: an integer too large for a float
         raise ValueError(f"non-numeric field: {exc}") from None
     bar = Bar(symbol, ts_from_ms(start), o, h, low, c, v, vwap, None, "stream")
@@ -97,11 +98,6 @@ def am_to_bar(event: Any) -> Bar:
     if problem:
         raise ValueError(problem)
     return bar
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else f"{text[:80]}...(+{len(text) - 80} chars)"
 
 
 class PolygonStream:
