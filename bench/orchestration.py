@@ -262,9 +262,7 @@ def claim_redis_db(url: str) -> None:
 
 def planned_tasks(plan: dict[str, Any]) -> Counter:
     """Tasks one execution runs, by name, derived from its plan as dispatch() builds it."""
-    from celery.canvas import _chain
-
-    from chronox.tasks.backfill import compact_specs, prepare_chain, rest_available, tail_signatures
+    from chronox.tasks.backfill import compact_specs, flatten, prepare_chain, rest_available, tail_signatures
 
     options = plan.get("options") or {}
     with_rest = rest_available(options)
@@ -273,7 +271,7 @@ def planned_tasks(plan: dict[str, Any]) -> Counter:
     for spec in plan["symbols"]:
         count.update(sig.task for sig in prepare_chain(spec, options, with_rest))
     for tail in tail_signatures(compact_specs(plan["symbols"]), options, with_rest):
-        count.update(sig.task for sig in (tail.tasks if isinstance(tail, _chain) else [tail]))
+        count.update(sig.task for sig in flatten(tail))
     return count
 
 

@@ -74,21 +74,28 @@ def tail_signatures(spec_groups: list[dict[str, Any]], options: dict[str, Any],
     batched finalizes for the symbols that have none."""
     tails: list[Signature] = []
     for shape in spec_groups:
-        alone: list[str] = []
+        alone: list[Signature] = []  # finalize(symbol) of symbols with nothing else to do
         for spec in expand_specs([shape]):
             steps = symbol_chain(spec, options, with_rest)
             if len(steps) == 1:
-                alone.append(spec["symbol"])
+                alone.extend(steps)
             else:
                 tails.append(chain(*steps))
         for i in range(0, len(alone), FINALIZE_BATCH):
             batch = alone[i:i + FINALIZE_BATCH]
             if len(batch) == 1:
-                tails.append(_step(finalize.name, {**shape, "symbol": batch[0]}, options, days=shape["days"]))
+                tails.extend(batch)
             else:
-                kwargs = {"symbols": batch, "start": shape["start"], "end": shape["end"], "days": shape["days"]}
-                tails.append(finalize_batch.si(**kwargs, **({"options": options} if options else {})))
+                window = {"start": shape["start"], "end": shape["end"], "days": shape["days"]}
+                tails.append(signature(finalize_batch.name, immutable=True, kwargs=_with_options(
+                    {"symbols": [step.kwargs["symbol"] for step in batch], **window}, options)))
     return tails
+
+
+def flatten(item: Signature) -> list[Signature]:
+    """The task signatures of a canvas item in order; chain(a, b) builds a
+    celery.canvas._chain, which is not an instance of chain."""
+    return list(item.tasks) if isinstance(item, _chain) else [item]
 
 
 def compact_specs(specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -141,9 +148,12 @@ def symbol_chain(spec: dict[str, Any], options: dict[str, Any], with_rest: bool 
 
 def _step(name: str, spec: dict[str, Any], options: dict[str, Any], **extra: Any) -> Signature:
     kwargs = {"symbol": spec["symbol"], "start": spec["start"], "end": spec["end"], **extra}
-    if options:  # only when the run overrides settings, so plain runs read as before in Flower
-        kwargs["options"] = options
-    return signature(name, kwargs=kwargs, immutable=True)
+    return signature(name, kwargs=_with_options(kwargs, options), immutable=True)
+
+
+def _with_options(kwargs: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
+    # Only when the run overrides settings, so plain runs read as before in Flower.
+    return {**kwargs, "options": options} if options else kwargs
 
 
 def prepare_chain(spec: dict[str, Any], options: dict[str, Any], with_rest: bool = True) -> list[Signature]:
@@ -163,8 +173,7 @@ def build_stages(plan: backfill.RunPlan) -> tuple[Signature, list[Signature], li
     with_rest = rest_available(plan.options)
     symbols = [s.symbol for s in plan.symbols]
     specs = [s.as_dict() for s in plan.symbols]
-    day_options = {"options": plan.options} if plan.options else {}
-    header: list[Signature] = [flatpack_day.si(day=day, symbols=day_symbols, **day_options)
+    header: list[Signature] = [flatpack_day.si(**_with_options({"day": day, "symbols": day_symbols}, plan.options))
                                for day, day_symbols in plan.days.items()]
     for spec in specs:
         steps = prepare_chain(spec, plan.options, with_rest)
@@ -191,11 +200,8 @@ def inline_steps(plan: backfill.RunPlan) -> list[Signature]:
     if not specs:
         return []
     steps: list[Signature] = [start]
-    for item in header:
-        # chain(a, b) builds a celery.canvas._chain, which is not an instance of chain
-        steps.extend(item.tasks if isinstance(item, _chain) else [item])
-    for tail in tail_signatures(compact_specs(specs), plan.options, rest_available(plan.options)):
-        steps.extend(tail.tasks if isinstance(tail, _chain) else [tail])
+    for item in [*header, *tail_signatures(compact_specs(specs), plan.options, rest_available(plan.options))]:
+        steps.extend(flatten(item))
     return steps
 
 
