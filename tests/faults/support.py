@@ -206,6 +206,15 @@ def completion_events(envelopes: Iterable[dict]) -> Counter:
                    if e.get("event") == "backfill_completed" and e.get("status") == "completed")
 
 
+def assert_completion_events(kafka: HasBootstrap, symbols: Sequence[str], days: Sequence[dt.date],
+                             expected: Expected, runs: int = 1) -> None:
+    """Each run announced every symbol's completion once, with the counts of the one set of rows."""
+    envelopes = backfill_envelopes(kafka, symbols)
+    assert completion_events(envelopes) == {s: runs for s in symbols}
+    for event in (e for e in envelopes if e["event"] == "backfill_completed"):
+        assert (event["rows"], event["days"]) == (sum(expected[(event["symbol"], d)] for d in days), len(days))
+
+
 class PrivateKafka:
     """librdkafka's mock cluster in a child process of its own, so a test can take it away.
 

@@ -6,9 +6,8 @@ import pytest
 
 from tests.conftest import DAYS
 from tests.faults.support import (
+    assert_completion_events,
     assert_same_end_state_as_fault_free,
-    backfill_envelopes,
-    completion_events,
     prepare_run,
     report,
     start_execution,
@@ -35,11 +34,7 @@ def test_two_executions_of_the_same_symbols_at_once_end_as_one(pg_url, flatfiles
     elapsed = time.monotonic() - started
 
     duplicates = assert_same_end_state_as_fault_free(pg_url, kafka, symbols, DAYS, expected)
-    envelopes = backfill_envelopes(kafka, symbols)
-    # Each run announced its own completion, with the counts of the one set of rows.
-    assert completion_events(envelopes) == {s: 2 for s in symbols}
-    for event in (e for e in envelopes if e["event"] == "backfill_completed"):
-        assert (event["rows"], event["days"]) == (sum(expected[(event["symbol"], d)] for d in DAYS), len(DAYS))
+    assert_completion_events(kafka, symbols, DAYS, expected, runs=2)
     # kafka-first: each run's load publishes every bar of the file before it commits, even
     # when the other run has stored the same rows already; so each bar is sent twice.
     bars = sum(expected.values())

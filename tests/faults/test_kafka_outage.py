@@ -22,6 +22,7 @@ from sqlalchemy import text
 from chronox.db import get_engine
 from tests.conftest import DAYS
 from tests.faults.support import (
+    assert_completion_events,
     assert_same_end_state_as_fault_free,
     backfill_envelopes,
     celery_app,
@@ -72,10 +73,7 @@ def test_kafka_first_run_retries_through_a_kafka_outage_and_completes(pg_url, fl
     recovery = time.monotonic() - back
 
     duplicates = assert_same_end_state_as_fault_free(pg_url, private_kafka, symbols, DAYS, expected)
-    envelopes = backfill_envelopes(private_kafka, symbols)
-    assert completion_events(envelopes) == {s: 1 for s in symbols}
-    for event in (e for e in envelopes if e["event"] == "backfill_completed"):
-        assert (event["rows"], event["days"]) == (sum(expected[(event["symbol"], d)] for d in DAYS), len(DAYS))
+    assert_completion_events(private_kafka, symbols, DAYS, expected)
     report(record_property, mode="kafka-first", outage_seconds=OUTAGE, recovery_seconds=round(recovery, 1),
            duplicates=duplicates, bars=sum(expected.values()))
 
