@@ -1,9 +1,9 @@
 """Alembic environment: same database URL and metadata as the application."""
 from __future__ import annotations
 
-from alembic import context
 from sqlalchemy import engine_from_config, pool
 
+from alembic import context
 from chronox.models import Base
 from chronox.settings import load_settings
 

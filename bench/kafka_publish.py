@@ -17,7 +17,7 @@ from _common import mock_kafka  # noqa: E402
 
 
 def make_bars(count: int, symbols: int) -> list[tuple]:
-    start = dt.datetime(2024, 3, 5, 9, 0, tzinfo=dt.timezone.utc)
+    start = dt.datetime(2024, 3, 5, 9, 0, tzinfo=dt.UTC)
     bars = []
     for i in range(count):
         ts = (start + dt.timedelta(minutes=i // symbols)).isoformat().replace("+00:00", "Z")

@@ -91,7 +91,7 @@ def reset(url: str, symbols: list[str]) -> None:
     from chronox.db import get_engine
     from chronox.models import Base, SymbolRegistry
 
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     with get_engine(url).begin() as conn:
         conn.execute(text("TRUNCATE " + ", ".join(t.name for t in Base.metadata.sorted_tables)))
         conn.execute(SymbolRegistry.__table__.insert(), [
@@ -211,7 +211,7 @@ PREPARE_FUNCTIONS = ("chronox.rest.reference", "chronox.rest.corporate_actions",
 
 def pool_execution(pool: ProcessPoolExecutor, request: dict[str, Any]) -> dict[str, Any]:
     """The registry execution's canvas with futures: wall time, jobs, calls, seconds inside jobs."""
-    from chronox.tasks.backfill import prepare_chain, rest_available, rest_skipped, symbol_chain
+    from chronox.tasks.workflow import prepare_chain, rest_available, rest_skipped, symbol_chain
 
     kinds: dict[str, list[float]] = defaultdict(list)
     started = time.perf_counter()
@@ -262,7 +262,7 @@ def claim_redis_db(url: str) -> None:
 
 def planned_tasks(plan: dict[str, Any]) -> Counter:
     """Tasks one execution runs, by name, derived from its plan as dispatch() builds it."""
-    from chronox.tasks.backfill import compact_specs, flatten, prepare_chain, rest_available, tail_signatures
+    from chronox.tasks.workflow import compact_specs, flatten, prepare_chain, rest_available, tail_signatures
 
     options = plan.get("options") or {}
     with_rest = rest_available(options)
@@ -395,10 +395,10 @@ def main() -> None:
                            "CHRONOX_BROKER_URL": BROKER_URL})
         env = dict(os.environ)
         claim_redis_db(BROKER_URL)
-        from chronox.celery_app import app
-        from tests.conftest import _reconfigure
+        from chronox.celery_app import make_client
+        from chronox.settings import load_settings
 
-        _reconfigure(app)
+        app = make_client(load_settings())
         workers = start_workers(app, env, args.processes, tmp)
         logs = WorkerLogs([w.log_path for w in workers])
         pool = ProcessPoolExecutor(max_workers=args.processes, mp_context=multiprocessing.get_context("spawn"),
@@ -429,6 +429,7 @@ def main() -> None:
             pool.shutdown()
             for worker in workers:
                 worker.stop()
+            app.close()
             import redis
 
             redis.Redis.from_url(BROKER_URL).flushdb()

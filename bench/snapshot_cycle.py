@@ -48,7 +48,7 @@ def register(url: str, symbols: list[str]) -> None:
     from chronox.db import get_engine
     from chronox.models import SymbolRegistry
 
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     with get_engine(url).begin() as conn:
         conn.execute(SymbolRegistry.__table__.insert(), [
             {"symbol": s, "strategy": "snapshot", "timeframe": "1m", "enabled": True, "status": "idle",
@@ -77,23 +77,19 @@ def chronox_cycle() -> tuple[float, dict]:
     return elapsed, outcome.result
 
 
-def start_workers(processes: int, log_dir: str):  # type: ignore[no-untyped-def]
-    """`celery worker` processes on the Redis broker, as deployed; returns them once they answer."""
-    from chronox.celery_app import app
-    from tests.conftest import WorkerProcess, _reconfigure
+def start_workers(client, processes: int, log_dir: str):  # type: ignore[no-untyped-def]
+    """`celery worker` processes on the Redis broker, as deployed; returns them once they answer `client`."""
+    from tests.conftest import WorkerProcess
 
-    _reconfigure(app)
     os.environ["CHRONOX_TEST_LOG_DIR"] = log_dir
     worker = WorkerProcess(dict(os.environ), concurrency=processes, queues="chronox.rest,chronox.control")
-    worker.wait_ready(app)
+    worker.wait_ready(client)
     return worker
 
 
-def worker_cycle(timeout: float = 120) -> tuple[float, object]:
-    from chronox.celery_app import app
-
+def worker_cycle(client, timeout: float = 120) -> tuple[float, object]:  # type: ignore[no-untyped-def]
     started = time.perf_counter()
-    result = app.send_task("chronox.snapshot.refresh")
+    result = client.send_task("chronox.snapshot.refresh")
     # Polled rather than get(): a get() leaves a Redis subscription behind per replaced task.
     while not result.ready():
         if time.perf_counter() - started > timeout:
@@ -187,11 +183,15 @@ def main() -> None:
               f"ratio {inline / bare:.2f}")
 
         reset(url)
-        worker = start_workers(args.processes, tempfile.mkdtemp(prefix="chronox-bench-"))
+        from chronox.celery_app import make_client
+
+        client = make_client(settings)
+        worker = start_workers(client, args.processes, tempfile.mkdtemp(prefix="chronox-bench-"))
         try:
-            first, deployed, cycles = measure(worker_cycle, args.rounds)
+            first, deployed, cycles = measure(lambda: worker_cycle(client), args.rounds)
         finally:
             worker.stop()
+            client.close()
         check(url, symbols)
         print(f"chronox cycle as deployed (chronox.snapshot.refresh sent to {args.processes} worker "
               f"processes, until every batch is stored, cached and published): {deployed:.2f} s "

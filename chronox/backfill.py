@@ -11,21 +11,23 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from kafka.errors import KafkaError
-from sqlalchemy import func, select
+from sqlalchemy import Engine, func, select
 
-from chronox import registry
-from chronox.calendar import trading_days
+from chronox import registry, store
+from chronox.bars import QuarantinedRow, isoformat_utc
+from chronox.calendar import day_bounds_utc, trading_days
 from chronox.db import get_engine
-from chronox.models import Coverage, Quarantine
-from chronox.publish import PublishError, announce, drop_publisher, get_publisher, kafka_status
-from chronox.rest import SKIP_WARNING, is_warning
+from chronox.delivery import Delivery
+from chronox.models import Coverage, Ohlcv1d, Quarantine, RegistryStatus, SnapshotLatest
+from chronox.providers import SKIP_DETAIL
+from chronox.publish import kafka_status
 from chronox.settings import Settings, validate_run_options
-from chronox.sources.flatfiles import DayFileReader, FlatFileError, FlatFileStore, QuarantinedRow
-from chronox.store import load_flat_day, outbox_size, publish_outbox_entries, quarantine_rows
+from chronox.sources.flatfiles import DayFileReader, DayFileRows, FlatFileError, FlatFileStore
 from chronox.strategy import InvalidInput, parse_day, parse_strategy, validate_symbol, validate_timeframe
 
 log = logging.getLogger(__name__)
+
+FLATPACK = "flatpack"  # the source name of day-file bars
 
 
 @dataclass
@@ -92,7 +94,7 @@ def plan_run(settings: Settings, symbols: Sequence[str] | None = None,
     if symbols:
         wanted = [validate_symbol(s) for s in symbols]
         rows = registry.list_symbols(engine, symbols=wanted)
-        unknown = sorted(set(wanted) - {r["symbol"] for r in rows})
+        unknown = sorted(set(wanted) - {r.symbol for r in rows})
         if unknown:
             raise InvalidInput(f"not registered: {', '.join(unknown)} (add with `chronox symbols add`)")
     else:
@@ -103,24 +105,24 @@ def plan_run(settings: Settings, symbols: Sequence[str] | None = None,
     plans: list[SymbolPlan] = []
     wanted_days: dict[str, set[dt.date]] = {}
     for row in rows:
-        if timeframe is not None and row["timeframe"] != timeframe:
+        if timeframe is not None and row.timeframe != timeframe:
             continue
-        phases = [p for p in override or parse_strategy(row["strategy"]) if p not in skip_phases]
+        phases = [p for p in override or row.phases if p not in skip_phases]
         if not phases:
             continue
         if start_day:
             first = start_day
-        elif row["last_backfill"]:
-            first = dt.date.fromisoformat(row["last_backfill"]) + dt.timedelta(days=1)
+        elif row.last_backfill:
+            first = row.last_backfill + dt.timedelta(days=1)
         else:
             first = settings.default_backfill_start(today)
             if end is not None and end_day < first:
                 # Planning it would "complete" a run that did nothing.
-                raise InvalidInput(f"end {end_day} is before {row['symbol']}'s default start {first} "
+                raise InvalidInput(f"end {end_day} is before {row.symbol}'s default start {first} "
                                    "(CHRONOX_BACKFILL_START or 30 days back); pass --start as well")
-        plans.append(SymbolPlan(row["symbol"], phases, first.isoformat(), end_day.isoformat()))
+        plans.append(SymbolPlan(row.symbol, phases, first.isoformat(), end_day.isoformat()))
         if "flatpack" in phases and first <= end_day:
-            wanted_days[row["symbol"]] = set(trading_days(first, end_day))
+            wanted_days[row.symbol] = set(trading_days(first, end_day))
     all_days = sorted(set().union(*wanted_days.values())) if wanted_days else []
     available = [d for d in all_days if store.exists(d)]
     newest = max(available) if available else None
@@ -142,12 +144,56 @@ def begin_run(settings: Settings, symbols: Sequence[str], rest_skipped: Sequence
     provider) carry the skip warning, which finalize keeps on the completed row."""
     engine = get_engine(settings.database_url)
     skipped = set(rest_skipped)
-    registry.set_status(engine, [s for s in symbols if s not in skipped], "running")
+    registry.set_status(engine, [s for s in symbols if s not in skipped], RegistryStatus.RUNNING)
     result: dict[str, Any] = {"running": len(symbols)}
     if skipped:
-        registry.set_status(engine, [s for s in symbols if s in skipped], "running", error_message=SKIP_WARNING)
-        log.warning("REST steps of %d symbol(s) left out: %s", len(skipped), SKIP_WARNING)
-        result.update(step="REST steps", symbols=sorted(skipped), skipped=SKIP_WARNING)
+        note = registry.Note.warning(SKIP_DETAIL)
+        registry.set_status(engine, [s for s in symbols if s in skipped], RegistryStatus.RUNNING, note)
+        log.warning("REST steps of %d symbol(s) left out: %s", len(skipped), note.text)
+        result.update(step="REST steps", symbols=sorted(skipped), skipped=note.text)
+    return result
+
+
+@dataclass
+class DayLoadResult:
+    day: dt.date
+    rows: dict[str, int] = field(default_factory=dict)
+    quarantined: int = 0
+    duplicates: int = 0
+    published: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "day": self.day.isoformat(),
+            "rows": sum(self.rows.values()),
+            "symbols": len(self.rows),
+            "quarantined": self.quarantined,
+            "duplicates": self.duplicates,
+            "published": self.published,
+        }
+
+
+def load_flat_day(delivery: Delivery, reader: DayFileReader, symbols: Sequence[str],
+                  source: str = FLATPACK) -> DayLoadResult:
+    """Replace the symbol-days of `symbols` on reader.day with the file's rows, atomically.
+
+    One transaction: the bars, coverage, quarantine and (db-first) the outbox commit
+    together or not at all, so a file that turns out to be truncated half-way loads
+    nothing. The delivery publishes the bars in publish-mode order.
+    """
+    day = reader.day
+    result = DayLoadResult(day=day)
+    with delivery.transaction() as out:
+        store.lock_day(out.conn, day)
+        rows = out.tap(DayFileRows(reader, source), store.TIMEFRAME, source)
+        store.replace_day(out.conn, rows, symbols, *day_bounds_utc(day))
+        stats = reader.stats
+        result.rows = {s: stats.rows_kept.get(s, 0) for s in symbols}
+        result.duplicates = stats.duplicates
+        result.quarantined = store.quarantine_rows(out.conn, stats.quarantined)
+        store.cover_day(out.conn, day, result.rows, source)
+        out.symbol_days([(s, day, source) for s, n in result.rows.items() if n])
+    result.published = out.published
     return result
 
 
@@ -160,51 +206,29 @@ def load_day(settings: Settings, day: str, symbols: Sequence[str],
     """
     engine = get_engine(settings.database_url)
     the_day = dt.date.fromisoformat(day)
-    store = FlatFileStore(settings)
-    origin = store.location(the_day)
-    # db-first commits before it talks to Kafka, so an unreachable Kafka cannot block the load.
-    publisher = get_publisher(settings) if settings.publish_mode == "kafka-first" else None
+    files = FlatFileStore(settings)
+    origin = files.location(the_day)
     try:
-        with store.open(the_day) as raw:
-            reader = DayFileReader(raw, the_day, symbols, origin)
-            result = load_flat_day(engine, reader, symbols, publisher=publisher,
-                                   record_outbox=settings.kafka_enabled and settings.publish_mode == "db-first",
-                                   progress=progress)
+        with files.open(the_day) as raw:
+            reader = DayFileReader(raw, the_day, symbols, origin, progress=progress)
+            result = load_flat_day(Delivery(settings, engine), reader, symbols)
     except FlatFileError as exc:
         log.error("%s", exc)
         with engine.begin() as conn:
-            quarantine_rows(conn, [QuarantinedRow(origin, None, "", str(exc))])
-        registry.set_status(engine, list(symbols), "error", error_message=str(exc))
+            store.quarantine_rows(conn, [QuarantinedRow(origin, None, "", str(exc))])
+            registry.fail(conn, list(symbols), str(exc))
         return {"day": day, "error": str(exc), "rows": 0, "symbols": len(symbols)}
-    except PublishError:
-        drop_publisher(settings)
-        raise
-    summary = result.as_dict()
-    if settings.publish_mode == "db-first" and settings.kafka_enabled:
-        summary["published"] = _drain(settings, [(s, the_day, "flatpack") for s, n in result.rows.items() if n])
-    return summary
-
-
-def _drain(settings: Settings, entries: list[tuple[str, dt.date, str]] | None) -> int:
-    """db-first: bars are already committed; a Kafka outage leaves them in the outbox."""
-    try:
-        publisher = get_publisher(settings)
-        if publisher is None:
-            return 0
-        return publish_outbox_entries(get_engine(settings.database_url), publisher, entries)
-    except (PublishError, KafkaError) as exc:
-        drop_publisher(settings)
-        log.warning("Kafka unavailable, %s symbol-day(s) stay in the publish outbox: %s",
-                    "all" if entries is None else len(entries), exc)
-        return 0
+    return result.as_dict()
 
 
 def drain_outbox(settings: Settings) -> dict[str, Any]:
     """Publish every symbol-day still in the outbox (db-first mode after a Kafka outage)."""
     if not settings.kafka_enabled:
         return {"published": 0, "kafka": kafka_status(settings)}
-    published = _drain(settings, None)
-    return {"published": published, "pending": outbox_size(get_engine(settings.database_url))}
+    delivery = Delivery(settings)
+    published = delivery.drain_outbox()
+    with delivery.engine.connect() as conn:
+        return {"published": published, "pending": store.outbox_size(conn)}
 
 
 def finalize_symbol(settings: Settings, symbol: str, start: str, end: str,
@@ -213,46 +237,41 @@ def finalize_symbol(settings: Settings, symbol: str, start: str, end: str,
     engine = get_engine(settings.database_url)
     first, last = dt.date.fromisoformat(start), dt.date.fromisoformat(end)
     with engine.connect() as conn:
-        covered = dict(conn.execute(
-            select(Coverage.trading_day, func.sum(Coverage.rows))
-            .where(Coverage.symbol == symbol, Coverage.trading_day >= first,
-                   Coverage.trading_day <= last)
-            .group_by(Coverage.trading_day)).all())
-        quarantined = conn.execute(select(func.count()).select_from(Quarantine)
-                                   .where(Quarantine.symbol == symbol)).scalar_one()
+        covered = store.coverage_by_day(conn, symbol, first, last)
+        quarantined = store.quarantined_count(conn, symbol)
     row = registry.get_symbol(engine, symbol)
     not_loaded = [d for d in days if dt.date.fromisoformat(d) not in covered]
     newest = max(covered) if covered else None
-    stamps: dict[str, Any] = {}
-    previous = row["last_backfill"]
-    if newest and (previous is None or newest > dt.date.fromisoformat(previous)):
-        stamps["last_backfill"] = newest
-    if row["status"] == "error":
-        status, message = "error", row["error_message"]
+    previous = row.last_backfill
+    stamp = newest if newest and (previous is None or newest > previous) else None
+    note: registry.Note | None
+    if row.status == RegistryStatus.ERROR:
+        status, note = RegistryStatus.ERROR, registry.Note.error(row.error_message or "failed")
     elif not_loaded:
-        status, message = "error", f"day(s) not loaded: {', '.join(not_loaded)}"
+        status, note = RegistryStatus.ERROR, registry.Note.error(f"day(s) not loaded: {', '.join(not_loaded)}")
     else:
         # A warning (REST steps skipped for lack of a key) stays on the completed row.
-        warning = row["error_message"] if is_warning(row["error_message"]) else None
-        status, message = "completed", warning
-    registry.set_status(engine, [symbol], status, error_message=message, **stamps)
+        status = RegistryStatus.COMPLETED
+        note = registry.Note(registry.NoteKind.WARNING, row.warning) if row.warning else None
+    registry.set_status(engine, [symbol], status, note, last_backfill=stamp)
     summary = {
         "event": "backfill_completed",
         "symbol": symbol,
         "start": start,
         "end": end,
-        "status": status,
+        "status": status.value,
         "days": len(covered),
         "rows": int(sum(covered.values())),
         "quarantined": quarantined,
-        "last_backfill": str(stamps.get("last_backfill") or previous or newest or "") or None,
+        "last_backfill": str(stamp or previous or newest or "") or None,
         "version": "v1",
     }
-    if message:
-        summary["error" if status == "error" else "warning"] = message
-    if settings.publish_mode == "db-first" and settings.kafka_enabled:
-        _drain(settings, [(symbol, dt.date.fromisoformat(d), "flatpack") for d in days])
-    announce(settings, "backfill", symbol, summary)
+    if note:
+        summary["error" if status == RegistryStatus.ERROR else "warning"] = note.text
+    delivery = Delivery(settings, engine)
+    if settings.kafka_enabled and not delivery.kafka_first:
+        delivery.drain_outbox([(symbol, dt.date.fromisoformat(d), FLATPACK) for d in days])
+    delivery.announce("backfill", symbol, summary)
     return summary
 
 
@@ -273,21 +292,19 @@ def run_summary(settings: Settings, symbols: Sequence[str]) -> dict[str, Any]:
                                 .where(Coverage.symbol.in_(list(symbols)))
                                 .group_by(Coverage.symbol, Coverage.trading_day)
                                 .order_by(Coverage.symbol, Coverage.trading_day)).all()
-        quarantined = dict(conn.execute(select(Quarantine.symbol, func.count())
-                                        .group_by(Quarantine.symbol)).all())
+        quarantined: dict[str | None, int] = {s: n for s, n in conn.execute(
+            select(Quarantine.symbol, func.count()).group_by(Quarantine.symbol))}
     per_symbol: dict[str, dict[str, int]] = defaultdict(dict)
     for symbol, day, rows in coverage:
         per_symbol[symbol][day.isoformat()] = int(rows)
-    rows = registry.list_symbols(engine, symbols=list(symbols))
+    registered = registry.list_symbols(engine, symbols=list(symbols))
     return {
         "symbols": {
-            r["symbol"]: {"status": r["status"],
-                          "error": None if is_warning(r["error_message"]) else r["error_message"],
-                          "warning": r["error_message"] if is_warning(r["error_message"]) else None,
-                          "last_backfill": r["last_backfill"],
-                          "rows_per_day": per_symbol.get(r["symbol"], {}),
-                          "quarantined": quarantined.get(r["symbol"], 0)}
-            for r in rows
+            r.symbol: {"status": r.status.value, "error": r.error, "warning": r.warning,
+                       "last_backfill": r.last_backfill.isoformat() if r.last_backfill else None,
+                       "rows_per_day": per_symbol.get(r.symbol, {}),
+                       "quarantined": quarantined.get(r.symbol, 0)}
+            for r in registered
         },
         "quarantined_total": sum(quarantined.values()),
         "kafka": kafka_status(settings),
@@ -295,4 +312,18 @@ def run_summary(settings: Settings, symbols: Sequence[str]) -> dict[str, Any]:
 
 
 def schedule(settings: Settings, plan: RunPlan) -> None:
-    registry.set_status(get_engine(settings.database_url), [s.symbol for s in plan.symbols], "scheduled")
+    registry.set_status(get_engine(settings.database_url), [s.symbol for s in plan.symbols],
+                        RegistryStatus.SCHEDULED)
+
+
+def rest_extras(engine: Engine) -> dict[str, Any]:
+    """What the REST phases stored, per symbol: api gap days, daily bars, the latest snapshot."""
+    with engine.connect() as conn:
+        api_days = {s: n for s, n in conn.execute(select(Coverage.symbol, func.count()).where(Coverage.source == "api")
+                                                  .group_by(Coverage.symbol).order_by(Coverage.symbol))}
+        daily = {s: n for s, n in conn.execute(select(Ohlcv1d.symbol, func.count()).group_by(Ohlcv1d.symbol)
+                                               .order_by(Ohlcv1d.symbol))}
+        snaps = conn.execute(select(SnapshotLatest).order_by(SnapshotLatest.symbol)).all()
+    return {"api_days": api_days, "daily_bars": daily,
+            "snapshots": [{"symbol": s.symbol, "price": s.price, "ts": isoformat_utc(s.ts), "method": s.method}
+                          for s in snaps]}

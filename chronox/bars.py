@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from typing import NamedTuple
+from dataclasses import dataclass
+from typing import NamedTuple, overload
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 # Higher wins: a bar from a source never overwrites a bar from a higher-ranked one.
 SOURCE_RANK = {"snapshot": 0, "stream": 1, "api": 2, "flatpack": 3}
 MAX_TRANSACTIONS = 2**31 - 1  # ohlcv_1m.transactions is a 32-bit integer
@@ -26,6 +27,16 @@ class Bar(NamedTuple):
     vwap: float | None
     transactions: int | None
     source: str
+
+
+@dataclass
+class QuarantinedRow:
+    """Input that cannot be a bar, kept with where it came from and why."""
+
+    origin: str
+    symbol: str | None
+    raw: str
+    reason: str
 
 
 def _epoch(value: int, per_second: int, unit: str) -> dt.datetime:
@@ -72,6 +83,10 @@ def bar_problem(bar: Bar) -> str | None:
     return None
 
 
+@overload
+def isoformat_utc(moment: dt.datetime) -> str: ...
+@overload
+def isoformat_utc(moment: None) -> None: ...
 def isoformat_utc(moment: dt.datetime | None) -> str | None:
     if moment is None:
         return None

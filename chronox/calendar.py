@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
 NEW_YORK = ZoneInfo("America/New_York")
-UTC = dt.timezone.utc
+UTC = dt.UTC
 EXTENDED_OPEN = dt.time(4, 0)
 EXTENDED_CLOSE = dt.time(20, 0)
 EARLY_CLOSE_EXTENDED_CLOSE = dt.time(17, 0)
@@ -80,6 +80,11 @@ def day_bounds_utc(day: dt.date) -> tuple[dt.datetime, dt.datetime]:
     start = dt.datetime.combine(day, dt.time(0), NEW_YORK)
     end = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(0), NEW_YORK)
     return start.astimezone(UTC), end.astimezone(UTC)
+
+
+def new_york_day(moment: dt.datetime) -> dt.date:
+    """The New York calendar day a UTC moment falls on: the day file it belongs to."""
+    return moment.astimezone(NEW_YORK).date()
 
 
 def in_extended_session(moment: dt.datetime) -> bool:

@@ -4,8 +4,19 @@ from __future__ import annotations
 from celery import Celery
 from celery.signals import worker_process_init
 
+from chronox.settings import Settings
+from chronox.tasks.config import celery_config
+
 app = Celery("chronox")
 app.config_from_object("celeryconfig")
+
+
+def make_client(settings: Settings) -> Celery:
+    """A new Celery app configured from `settings` (broker, result backend, routes), not the
+    current app: for a process that only sends tasks, inspects workers or reads results."""
+    client = Celery("chronox", set_as_current=False)
+    client.config_from_object(celery_config(settings))
+    return client
 
 
 @worker_process_init.connect

@@ -7,17 +7,22 @@ import json
 import logging
 import os
 import sys
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+from sqlalchemy import Engine
 
 from chronox import registry
-from chronox.bars import isoformat_utc
-from chronox.settings import (MAX_PUBLISH_THROTTLE_MS, PUBLISH_MODES, SNAPSHOT_METHODS, ConfigError, Settings,
-                              load_settings)
+from chronox.settings import (
+    MAX_PUBLISH_THROTTLE_MS,
+    PUBLISH_MODES,
+    SNAPSHOT_METHODS,
+    ConfigError,
+    Settings,
+    load_settings,
+)
 from chronox.strategy import InvalidInput
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -61,13 +66,10 @@ def _settings() -> Settings:
         raise click.ClickException(str(exc)) from None
 
 
-def _engine(settings: Settings):  # type: ignore[no-untyped-def]
-    from chronox.db import get_engine, upgrade
+def _engine(settings: Settings) -> Engine:
+    from chronox.db import prepared_engine
 
-    if settings.database_url.startswith("sqlite"):
-        # The embedded database is private to this machine: keep it migrated silently.
-        upgrade(settings.database_url)
-    return get_engine(settings.database_url)
+    return prepared_engine(settings.database_url)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -99,17 +101,17 @@ def symbols() -> None:
     """The symbol registry."""
 
 
-def _echo_rows(rows: Sequence[dict[str, Any]], as_json: bool) -> None:
+def _echo_rows(rows: Sequence[registry.RegistryRow], as_json: bool) -> None:
     if as_json:
-        click.echo(json.dumps(rows, indent=2))
+        click.echo(json.dumps([r.as_json() for r in rows], indent=2))
         return
     if not rows:
         click.echo("no symbols registered")
         return
     click.echo(f"{'SYMBOL':<10} {'STRATEGY':<30} {'TF':<4} {'ON':<3} {'STATUS':<10} LAST_BACKFILL")
     for r in rows:
-        click.echo(f"{r['symbol']:<10} {r['strategy']:<30} {r['timeframe']:<4} "
-                   f"{'yes' if r['enabled'] else 'no':<3} {r['status']:<10} {r['last_backfill'] or '-'}")
+        click.echo(f"{r.symbol:<10} {r.strategy:<30} {r.timeframe:<4} "
+                   f"{'yes' if r.enabled else 'no':<3} {r.status:<10} {r.last_backfill or '-'}")
 
 
 @symbols.command("add")
@@ -121,7 +123,7 @@ def _echo_rows(rows: Sequence[dict[str, Any]], as_json: bool) -> None:
 def symbols_add(symbol: str, strategy: str, timeframe: str, disabled: bool) -> None:
     """Register SYMBOL."""
     row = registry.add_symbol(_engine(_settings()), symbol, strategy, timeframe, enabled=not disabled)
-    click.echo(f"registered {row['symbol']} ({row['strategy']}, {row['timeframe']}"
+    click.echo(f"registered {row.symbol} ({row.strategy}, {row.timeframe}"
                f"{', disabled' if disabled else ''})")
 
 
@@ -140,7 +142,7 @@ def symbols_list(enabled_only: bool, as_json: bool) -> None:
 @_user_errors
 def symbols_show(symbol: str, as_json: bool) -> None:
     """Show one registry row."""
-    row = registry.get_symbol(_engine(_settings()), symbol)
+    row = registry.get_symbol(_engine(_settings()), symbol).as_json()
     if as_json:
         click.echo(json.dumps(row, indent=2))
     else:
@@ -159,8 +161,8 @@ def symbols_update(symbol: str, strategy: str | None, timeframe: str | None, ena
     if strategy is None and timeframe is None and enabled is None:
         raise click.UsageError("nothing to change: give --strategy, --timeframe, --enable or --disable")
     row = registry.update_symbol(_engine(_settings()), symbol, strategy, timeframe, enabled)
-    click.echo(f"updated {row['symbol']} ({row['strategy']}, {row['timeframe']}, "
-               f"{'enabled' if row['enabled'] else 'disabled'})")
+    click.echo(f"updated {row.symbol} ({row.strategy}, {row.timeframe}, "
+               f"{'enabled' if row.enabled else 'disabled'})")
 
 
 @symbols.command("remove")
@@ -192,21 +194,20 @@ def _run_inline(settings: Settings, request: dict[str, Any]) -> dict[str, Any]:
     """request: the kwargs of chronox.registry.execute, run here instead of on workers."""
     from tqdm import tqdm
 
+    from chronox import runner
     from chronox.backfill import run_summary
-    from chronox.tasks.backfill import inline_steps, planned, run_inline
 
     _engine(settings)
-    plan = planned(**request)
+    plan = runner.plan(request)
     click.echo(plan.describe())
     if not plan.symbols:
         click.echo("nothing to run: no enabled symbols matched")
         return run_summary(settings, [])
-    steps = inline_steps(plan)
+    steps = runner.inline_steps(plan)
     with tqdm(total=len(steps), unit="task", desc="chronox", disable=None) as bar:
-        results = run_inline(steps, on_step=lambda name: bar.update(1))
-    for result in results:
-        if isinstance(result, dict) and result.get("error"):
-            click.echo(f"warning: {result.get('task') or result.get('day')}: {result['error']}", err=True)
+        results = runner.run_inline(steps, on_step=lambda name: bar.update(1))
+    for problem in runner.problems(results):
+        click.echo(f"warning: {problem}", err=True)
     return run_summary(settings, [s.symbol for s in plan.symbols])
 
 
@@ -214,11 +215,10 @@ def _run_distributed(settings: Settings, request: dict[str, Any], wait: bool,
                      timeout: float) -> dict[str, Any] | None:
     from tqdm import tqdm
 
+    from chronox import runner
     from chronox.backfill import run_summary
-    from chronox.celery_app import app
-    from chronox.db import get_engine
 
-    result = app.send_task("chronox.registry.execute", kwargs=request)
+    result = runner.dispatch(request)
     click.echo(f"dispatched chronox.registry.execute as task {result.id}")
     if not wait:
         click.echo("follow it in Flower, or rerun with --wait")
@@ -231,26 +231,18 @@ def _run_distributed(settings: Settings, request: dict[str, Any], wait: bool,
     names = [s["symbol"] for s in plan["symbols"]]
     click.echo(f"{len(names)} symbol(s), {len(plan['days'])} day file(s); "
                f"flat files available up to {plan['newest_file_day'] or '-'}")
-    engine = get_engine(settings.database_url)
-    deadline = time.monotonic() + timeout
     with tqdm(total=len(names), unit="symbol", desc="chronox", disable=None) as bar:
-        while True:
-            states = registry.status_of(engine, names)
-            finished = sum(1 for s in states.values() if s in ("completed", "error"))
-            bar.update(finished - bar.n)
-            if finished >= len(names):
-                break
-            if time.monotonic() > deadline:
-                raise click.ClickException(f"timed out after {timeout:.0f}s; still running: "
-                                           f"{', '.join(s for s, st in states.items() if st not in ('completed', 'error'))}")
-            time.sleep(0.5)
+        try:
+            runner.follow(settings, names, timeout, on_progress=lambda done: bar.update(done - bar.n))
+        except runner.RunTimedOut as exc:
+            raise click.ClickException(str(exc)) from None
     return run_summary(settings, names)
 
 
 def _show_plan(settings: Settings, request: dict[str, Any], as_json: bool) -> None:
-    from chronox.tasks.backfill import planned
+    from chronox import runner
 
-    plan = planned(**request)
+    plan = runner.plan(request)
     if as_json:
         click.echo(json.dumps(plan.as_dict(), indent=2))
         return
@@ -299,10 +291,8 @@ def run(symbol_list: tuple[str, ...], start: str | None, end: str | None, strate
     if dry_run:
         _show_plan(settings, request, as_json)
         return
-    if settings.in_process:
-        summary = _run_inline(settings, request)
-    else:
-        summary = _run_distributed(settings, request, wait, timeout)
+    summary = _run_inline(settings, request) if settings.in_process else \
+        _run_distributed(settings, request, wait, timeout)
     if summary is None:
         return
     if as_json:
@@ -348,22 +338,16 @@ def demo(data_dir: str) -> None:
     click.echo("(prices above are synthetic sample data)")
 
 
-def _print_rest_extras(engine: Any) -> None:
-    from sqlalchemy import func, select
+def _print_rest_extras(engine: Engine) -> None:
+    from chronox.backfill import rest_extras
 
-    from chronox.models import Coverage, Ohlcv1d, SnapshotLatest
-
-    with engine.connect() as conn:
-        api_days = dict(conn.execute(select(Coverage.symbol, func.count()).where(Coverage.source == "api")
-                                     .group_by(Coverage.symbol)).all())
-        daily = dict(conn.execute(select(Ohlcv1d.symbol, func.count()).group_by(Ohlcv1d.symbol)).all())
-        snaps = conn.execute(select(SnapshotLatest).order_by(SnapshotLatest.symbol)).all()
-    for symbol, days in sorted(api_days.items()):
+    extras = rest_extras(engine)
+    for symbol, days in extras["api_days"].items():
         click.echo(f"api phase: {symbol} gap day(s) filled from REST minute aggregates: {days}")
-    for symbol, days in sorted(daily.items()):
+    for symbol, days in extras["daily_bars"].items():
         click.echo(f"daily bars (ohlcv_1d): {symbol} {days} day(s)")
-    for snap in snaps:
-        click.echo(f"snapshot: {snap.symbol} {snap.price} at {isoformat_utc(snap.ts)} ({snap.method})")
+    for snap in extras["snapshots"]:
+        click.echo(f"snapshot: {snap['symbol']} {snap['price']} at {snap['ts']} ({snap['method']})")
 
 
 @cli.command("gaps")
@@ -431,14 +415,16 @@ def snapshot_command(symbol_args: tuple[str, ...], snapshot_method: str | None, 
 def stream_command() -> None:
     """Run the Polygon websocket stream until SIGTERM/SIGINT (one process per deployment)."""
     from chronox.sources.websocket import AuthFailed
-    from chronox.stream import run_stream
+    from chronox.stream.process import GapFillSender, run_stream
 
     settings = _settings()
     _engine(settings)
     logging.getLogger("chronox").setLevel(logging.INFO)  # a service: reconnects and stats belong in its log
-    gap_fill = None
+    gap_fill: GapFillSender | None = None
     if not settings.in_process:
-        from chronox.tasks.stream import send_gap_fill as gap_fill
+        from chronox.tasks.stream import send_gap_fill
+
+        gap_fill = send_gap_fill
     try:
         code, stats = run_stream(settings, gap_fill)
     except AuthFailed as exc:
@@ -469,12 +455,11 @@ def status(as_json: bool) -> None:
 
 
 def _beat_entries() -> dict[str, Any]:
-    import importlib
+    from chronox.tasks.config import celery_config
 
-    import celeryconfig
-
-    _settings()  # a bad schedule variable is a one-line error, not a traceback
-    return importlib.reload(celeryconfig).beat_schedule
+    # A bad schedule variable is a one-line error, not a traceback.
+    schedule: dict[str, Any] = celery_config(_settings())["beat_schedule"]
+    return schedule
 
 
 @cli.group("schedule", invoke_without_command=True)
@@ -485,7 +470,7 @@ def schedule(ctx: click.Context, as_json: bool) -> None:
     """Print Celery beat's effective schedule with the next run times."""
     if ctx.invoked_subcommand is not None:
         return
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     entries = []
     for name, entry in _beat_entries().items():
         every = entry["schedule"]

@@ -1,19 +1,17 @@
 """Engine and session helpers, and Alembic upgrades driven from code."""
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.orm import Session, sessionmaker
 
 from chronox.settings import load_settings
 
 ALEMBIC_DIR = Path(__file__).resolve().parent.parent / "alembic"
 
 
-def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # WAL lets the progress display read while the loader writes; busy_timeout turns
     # lock contention into waiting instead of "database is locked" errors.
     cursor = dbapi_connection.cursor()
@@ -47,22 +45,15 @@ def dispose_engines() -> None:
     _ENGINES.clear()
 
 
-@contextlib.contextmanager
-def session_scope(url: str | None = None) -> Iterator[Session]:
-    """A transaction: commit on success, roll back on any exception."""
-    factory = sessionmaker(bind=get_engine(url), expire_on_commit=False)
-    session = factory()
-    try:
-        yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
+def prepared_engine(url: str) -> Engine:
+    """The engine of a database ready for use: the embedded SQLite database is private
+    to this machine, so it is kept migrated silently; PostgreSQL is `chronox db upgrade`'s."""
+    if url.startswith("sqlite"):
+        upgrade(url)
+    return get_engine(url)
 
 
-def alembic_config(url: str | None = None):  # type: ignore[no-untyped-def]
+def alembic_config(url: str | None = None) -> Any:
     from alembic.config import Config
 
     config = Config()

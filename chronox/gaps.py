@@ -16,22 +16,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection
 
 from chronox import registry
 from chronox.backfill import plan_run
-from chronox.bars import UTC, Bar
-from chronox.calendar import NEW_YORK, session, trading_days
+from chronox.bars import UTC
+from chronox.calendar import NEW_YORK, new_york_day, session, trading_days
 from chronox.db import get_engine
-from chronox.models import Coverage
-from chronox.rest import checked, get_provider, skipped, store_and_publish
+from chronox.delivery import Delivery
+from chronox.providers import get_provider
+from chronox.rest import checked, skipped
 from chronox.settings import Settings
-from chronox.sources.polygon import new_york_day
-from chronox.store import _lock_day, quarantine_rows, upsert, upsert_bars
-from chronox.strategy import parse_day, parse_strategy
+from chronox.store import cover_days, covered_days, lock_day, quarantine_rows, upsert_bars
+from chronox.strategy import parse_day
 
 WINDOW_DAYS = 7
-COVERAGE = Coverage.__table__
 
 
 def last_complete_day(now: dt.datetime | None = None) -> dt.date | None:
@@ -42,12 +41,6 @@ def last_complete_day(now: dt.datetime | None = None) -> dt.date | None:
         if session(day).extended_close <= now:
             return day
     return None
-
-
-def covered_days(conn: Connection, symbol: str, first: dt.date, last: dt.date) -> set[dt.date]:
-    rows = conn.execute(select(COVERAGE.c.trading_day).where(
-        COVERAGE.c.symbol == symbol, COVERAGE.c.trading_day >= first, COVERAGE.c.trading_day <= last))
-    return {day for (day,) in rows}
 
 
 def missing_days(conn: Connection, symbol: str, first: dt.date, last: dt.date) -> list[dt.date]:
@@ -106,7 +99,7 @@ def find_gaps(settings: Settings, symbols: Sequence[str] | None = None, start: s
     """Gaps of the named symbols, or of every enabled symbol that backfills (flatpack or api)."""
     if not symbols:
         rows = registry.list_symbols(get_engine(settings.database_url), enabled_only=True)
-        symbols = [r["symbol"] for r in rows if {"flatpack", "api"} & set(parse_strategy(r["strategy"]))]
+        symbols = [r.symbol for r in rows if {"flatpack", "api"} & set(r.phases)]
         if not symbols:
             return []
     today = (now or dt.datetime.now(UTC)).astimezone(NEW_YORK).date()
@@ -140,22 +133,16 @@ def fill_window(settings: Settings, symbol: str, start: str, end: str) -> dict[s
         return {**result, "days": 0, "rows": 0, "quarantined": 0}
     fetched = provider.minute_bars(symbol, days[0], days[-1])
     good, bad = checked(fetched, f"{provider.name}:minute:{symbol}:{days[0]}..{days[-1]}")
-
-    def write(conn: Connection) -> list[Bar]:
+    with Delivery(settings).transaction() as out:
         for day in days:
-            _lock_day(conn, day)  # the lock a flat-file load of the day takes
-        still = set(missing_days(conn, symbol, days[0], days[-1])) & set(days)
+            lock_day(out.conn, day)  # the lock a flat-file load of the day takes
+        still = set(missing_days(out.conn, symbol, days[0], days[-1])) & set(days)
         # One bar per minute, the last winning as in the upsert, so the counts match the rows.
-        bars = list({b.ts: b for b in good if new_york_day(b) in still}.values())
-        counts = Counter(new_york_day(b) for b in bars)
-        upsert_bars(engine, bars, conn=conn)
+        bars = list({b.ts: b for b in good if new_york_day(b.ts) in still}.values())
+        counts = Counter(new_york_day(b.ts) for b in bars)
+        upsert_bars(out.conn, bars)
         # A day REST has no bar for is covered too: the symbol did not trade.
-        upsert(conn, COVERAGE, [{"symbol": symbol, "trading_day": d, "source": "api", "rows": counts[d]}
-                                for d in sorted(still)],
-               keys=("symbol", "trading_day", "source"), updates=("rows", "updated_at"))
-        quarantine_rows(conn, bad)
-        result["days"] = len(still)
-        return bars
-
-    bars = store_and_publish(settings, "1m", write)
-    return {**result, "rows": len(bars), "quarantined": len(bad)}
+        cover_days(out.conn, symbol, {d: counts[d] for d in still}, "api")
+        quarantine_rows(out.conn, bad)
+        out.bars(bars, "1m")
+    return {**result, "days": len(still), "rows": len(bars), "quarantined": len(bad)}

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from enum import StrEnum
 
 from sqlalchemy import (
     BigInteger,
@@ -12,16 +13,43 @@ from sqlalchemy import (
     Index,
     Integer,
     String,
+    Table,
     Text,
     func,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-REGISTRY_STATUSES = ("idle", "scheduled", "running", "completed", "error")
+
+class RegistryStatus(StrEnum):
+    """Where a symbol's runs are: scheduled -> running -> completed, or error."""
+
+    IDLE = "idle"
+    SCHEDULED = "scheduled"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    ERROR = "error"
+
+
+class NoteKind(StrEnum):
+    """What the registry row's error_message is: the text says it, this column knows it."""
+
+    ERROR = "error"  # why the status is error
+    WARNING = "warning"  # something a completed run left out (e.g. REST without a key)
+    STREAM_STALE = "stream_stale"  # the stream monitor's flag; cleared when bars flow again
+
+
+REGISTRY_STATUSES = tuple(RegistryStatus)
 
 
 class Base(DeclarativeBase):
     pass
+
+
+def table(model: type[Base]) -> Table:
+    """A model's Core table; declarative models type __table__ as any FromClause."""
+    found = model.__table__
+    assert isinstance(found, Table)
+    return found
 
 
 class SymbolRegistry(Base):
@@ -36,6 +64,7 @@ class SymbolRegistry(Base):
     last_stream: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     status: Mapped[str] = mapped_column(String(16), default="idle", server_default="idle")
     error_message: Mapped[str | None] = mapped_column(Text)
+    note_kind: Mapped[str | None] = mapped_column(String(16))  # NoteKind of error_message
     created_at: Mapped[dt.datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now()
     )

@@ -13,6 +13,8 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+import redis
+
 from chronox.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -159,49 +161,29 @@ class RedisMirror:
 
     PRICE_TTL_SECONDS = 60
 
-    def __init__(self, url: str):
-        import redis
+    def __init__(self, client: redis.Redis):
+        self.client = client
 
-        self._redis = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+    @classmethod
+    def from_url(cls, url: str) -> RedisMirror:
+        return cls(redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5))
 
-    @property
-    def client(self):  # type: ignore[no-untyped-def]
-        return self._redis
+    def pipelined(self) -> RedisMirror:
+        """The same keys, channels and TTL, queued until execute()."""
+        return RedisMirror(self.client.pipeline(transaction=False))
+
+    def execute(self) -> None:
+        """Send what a pipelined mirror queued."""
+        pipeline = self.client
+        assert isinstance(pipeline, redis.client.Pipeline)
+        pipeline.execute()
 
     def publish(self, kind: str, symbol: str, payload: dict[str, Any]) -> None:
-        self._redis.publish(f"chronox.{kind}.{symbol}", _dumps(payload))
+        self.client.publish(f"chronox.{kind}.{symbol}", _dumps(payload))
 
     def cache_price(self, symbol: str, payload: dict[str, Any]) -> None:
-        self._redis.set(f"latest_price:{symbol}", _dumps(payload), ex=self.PRICE_TTL_SECONDS)
+        self.client.set(f"latest_price:{symbol}", _dumps(payload), ex=self.PRICE_TTL_SECONDS)
 
 
 def get_mirror(settings: Settings) -> RedisMirror | None:
-    return RedisMirror(settings.redis_url) if settings.redis_url else None
-
-
-def announce(settings: Settings, kind: str, symbol: str, event: dict[str, Any]) -> bool:
-    """Publish a single event (completion, activation) to Kafka and the Redis mirror.
-
-    Returns whether Kafka took it. In kafka-first mode a Kafka failure is raised (the
-    task retries); in db-first mode the database is the record and the event is only
-    logged as missed.
-    """
-    from kafka.errors import KafkaError
-
-    mirror = get_mirror(settings)
-    if mirror is not None:
-        mirror.publish(kind, symbol, event)
-    if not settings.kafka_enabled:
-        return False
-    try:
-        publisher = get_publisher(settings)
-        assert publisher is not None
-        publisher.send(kind, symbol, event)
-        publisher.flush()
-        return True
-    except (PublishError, KafkaError) as exc:
-        drop_publisher(settings)
-        if settings.publish_mode == "kafka-first":
-            raise
-        log.warning("%s event for %s not published: %s", event.get("event", kind), symbol, exc)
-        return False
+    return RedisMirror.from_url(settings.redis_url) if settings.redis_url else None

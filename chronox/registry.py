@@ -1,79 +1,197 @@
-"""The symbol registry: what to ingest per symbol, and the durable status of its runs."""
+"""The symbol registry: what to ingest per symbol, and the durable status of its runs.
+
+This module is the only writer of `symbol_registry`. Rows come out typed (`RegistryRow`:
+dates as dates, timestamps as UTC datetimes, the status as `RegistryStatus`);
+`RegistryRow.as_json()` is the one place they become JSON.
+
+`error_message` carries one note with its kind in `note_kind`: an error (status
+`error`), a warning a completed run keeps (the text starts with `warning: `), or the
+stream monitor's stale flag (`stream stale: ...`), which the stream clears when bars
+flow again. The text conventions live here and nowhere else.
+
+Every function takes a `Bind`: an Engine (the function runs its own transaction) or a
+Connection (it joins the caller's).
+"""
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, fields
 from typing import Any
 
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Connection, Engine, and_, case, select, update
 from sqlalchemy.exc import IntegrityError
 
-from chronox.bars import isoformat_utc
-from chronox.models import SymbolRegistry
-from chronox.strategy import InvalidInput, canonical_strategy, validate_symbol, validate_timeframe
+from chronox.bars import UTC, isoformat_utc
+from chronox.models import NoteKind, RegistryStatus, SymbolRegistry, table
+from chronox.strategy import InvalidInput, canonical_strategy, parse_strategy, validate_symbol, validate_timeframe
 
-REGISTRY = SymbolRegistry.__table__
-COLUMNS = ("symbol", "strategy", "timeframe", "enabled", "last_backfill", "last_snapshot",
-           "last_stream", "status", "error_message", "created_at", "updated_at")
+REGISTRY = table(SymbolRegistry)
+WARNING_PREFIX = "warning: "
+STREAM_STALE_PREFIX = "stream stale:"
+MESSAGE_LIMIT = 2000
+BUSY = (RegistryStatus.SCHEDULED.value, RegistryStatus.RUNNING.value)
+# SQLite caps the parameters of one statement; an IN list is chunked below that.
+IN_CHUNK = 1000
+
+Bind = Engine | Connection
 
 
 class UnknownSymbol(InvalidInput):
     pass
 
 
+@dataclass(frozen=True)
+class Note:
+    """A message for error_message, with its kind."""
+
+    kind: NoteKind
+    text: str
+
+    @classmethod
+    def error(cls, text: str) -> Note:
+        return cls(NoteKind.ERROR, text[:MESSAGE_LIMIT] or "failed")
+
+    @classmethod
+    def warning(cls, detail: str) -> Note:
+        return cls(NoteKind.WARNING, f"{WARNING_PREFIX}{detail}"[:MESSAGE_LIMIT])
+
+    @classmethod
+    def stale(cls, detail: str) -> Note:
+        return cls(NoteKind.STREAM_STALE, f"{STREAM_STALE_PREFIX} {detail}"[:MESSAGE_LIMIT])
+
+
+def _utc(value: dt.datetime | None) -> dt.datetime | None:
+    """SQLite hands timestamps back naive; they were written in UTC."""
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+@dataclass(frozen=True)
+class RegistryRow:
+    symbol: str
+    strategy: str
+    timeframe: str
+    enabled: bool
+    last_backfill: dt.date | None
+    last_snapshot: dt.datetime | None
+    last_stream: dt.datetime | None
+    status: RegistryStatus
+    error_message: str | None
+    note_kind: NoteKind | None
+    created_at: dt.datetime | None
+    updated_at: dt.datetime | None
+
+    @classmethod
+    def from_db(cls, row: Any) -> RegistryRow:
+        m = row._mapping
+        return cls(symbol=m["symbol"], strategy=m["strategy"], timeframe=m["timeframe"], enabled=bool(m["enabled"]),
+                   last_backfill=m["last_backfill"], last_snapshot=_utc(m["last_snapshot"]),
+                   last_stream=_utc(m["last_stream"]), status=RegistryStatus(m["status"]),
+                   error_message=m["error_message"],
+                   note_kind=NoteKind(m["note_kind"]) if m["note_kind"] else None,
+                   created_at=_utc(m["created_at"]), updated_at=_utc(m["updated_at"]))
+
+    @property
+    def phases(self) -> tuple[str, ...]:
+        return parse_strategy(self.strategy)
+
+    @property
+    def warning(self) -> str | None:
+        """The warning a row carries (REST steps skipped ...), if any."""
+        return self.error_message if self.note_kind == NoteKind.WARNING else None
+
+    @property
+    def error(self) -> str | None:
+        """The message of a row that is not a warning, if any."""
+        return None if self.note_kind == NoteKind.WARNING else self.error_message
+
+    @property
+    def stale(self) -> bool:
+        return self.note_kind == NoteKind.STREAM_STALE
+
+    def as_json(self) -> dict[str, Any]:
+        """The registry columns people see, JSON-able: timestamps ISO-8601 UTC, dates ISO, or null.
+
+        note_kind stays inside: the message text says what it is."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            if f.name == "note_kind":
+                continue
+            value = getattr(self, f.name)
+            if isinstance(value, dt.datetime):
+                value = isoformat_utc(value)
+            elif isinstance(value, dt.date):
+                value = value.isoformat()
+            out[f.name] = value
+        return out
+
+
+@contextlib.contextmanager
+def _begin(bind: Bind) -> Iterator[Connection]:
+    if isinstance(bind, Connection):
+        yield bind
+    else:
+        with bind.begin() as conn:
+            yield conn
+
+
 def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(UTC)
 
 
-def as_dict(row: Any) -> dict[str, Any]:
-    """Registry row as JSON-able dict: timestamps ISO-8601 UTC, dates ISO, or null."""
-    out: dict[str, Any] = {}
-    for column in COLUMNS:
-        value = getattr(row, column)
-        if isinstance(value, dt.datetime):
-            value = isoformat_utc(value)
-        elif isinstance(value, dt.date):
-            value = value.isoformat()
-        out[column] = value
-    return out
+def _chunks(symbols: Sequence[str]) -> Iterator[list[str]]:
+    for i in range(0, len(symbols), IN_CHUNK):
+        yield list(symbols[i:i + IN_CHUNK])
 
 
-def add_symbol(engine: Engine, symbol: str, strategy: str, timeframe: str = "1m",
-               enabled: bool = True) -> dict[str, Any]:
+# -- registration -------------------------------------------------------------------
+
+
+def add_symbol(bind: Bind, symbol: str, strategy: str, timeframe: str = "1m", enabled: bool = True) -> RegistryRow:
     symbol = validate_symbol(symbol)
     values = {"symbol": symbol, "strategy": canonical_strategy(strategy),
-              "timeframe": validate_timeframe(timeframe), "enabled": enabled, "status": "idle",
+              "timeframe": validate_timeframe(timeframe), "enabled": enabled, "status": RegistryStatus.IDLE.value,
               "created_at": _now(), "updated_at": _now()}
     try:
-        with engine.begin() as conn:
+        with _begin(bind) as conn:
             conn.execute(REGISTRY.insert().values(**values))
     except IntegrityError:
         raise InvalidInput(f"symbol {symbol} is already registered; use `symbols update`") from None
-    return get_symbol(engine, symbol)
+    return get_symbol(bind, symbol)
 
 
-def get_symbol(engine: Engine, symbol: str) -> dict[str, Any]:
+def get_symbol(bind: Bind, symbol: str) -> RegistryRow:
     symbol = validate_symbol(symbol)
-    with engine.connect() as conn:
+    with _begin(bind) as conn:
         row = conn.execute(select(REGISTRY).where(REGISTRY.c.symbol == symbol)).first()
     if row is None:
         raise UnknownSymbol(f"symbol {symbol} is not registered")
-    return as_dict(row)
+    return RegistryRow.from_db(row)
 
 
-def list_symbols(engine: Engine, enabled_only: bool = False,
-                 symbols: Sequence[str] | None = None) -> list[dict[str, Any]]:
+def list_symbols(bind: Bind, enabled_only: bool = False, symbols: Sequence[str] | None = None,
+                 phase: str | None = None) -> list[RegistryRow]:
+    """Rows by symbol; `phase` keeps those whose strategy has it."""
     query = select(REGISTRY).order_by(REGISTRY.c.symbol)
     if enabled_only:
         query = query.where(REGISTRY.c.enabled.is_(True))
     if symbols is not None:
         query = query.where(REGISTRY.c.symbol.in_([validate_symbol(s) for s in symbols]))
-    with engine.connect() as conn:
-        return [as_dict(row) for row in conn.execute(query)]
+    with _begin(bind) as conn:
+        rows = [RegistryRow.from_db(row) for row in conn.execute(query)]
+    return [r for r in rows if phase is None or phase in r.phases]
 
 
-def update_symbol(engine: Engine, symbol: str, strategy: str | None = None,
-                  timeframe: str | None = None, enabled: bool | None = None) -> dict[str, Any]:
+def symbols_with_phase(bind: Bind, phase: str) -> list[str]:
+    """Enabled symbols whose strategy has `phase`."""
+    return [r.symbol for r in list_symbols(bind, enabled_only=True, phase=phase)]
+
+
+def update_symbol(bind: Bind, symbol: str, strategy: str | None = None,
+                  timeframe: str | None = None, enabled: bool | None = None) -> RegistryRow:
     symbol = validate_symbol(symbol)
     values: dict[str, Any] = {"updated_at": _now()}
     if strategy is not None:
@@ -82,55 +200,109 @@ def update_symbol(engine: Engine, symbol: str, strategy: str | None = None,
         values["timeframe"] = validate_timeframe(timeframe)
     if enabled is not None:
         values["enabled"] = enabled
-    with engine.begin() as conn:
+    with _begin(bind) as conn:
         changed = conn.execute(update(REGISTRY).where(REGISTRY.c.symbol == symbol).values(**values)).rowcount
     if not changed:
         raise UnknownSymbol(f"symbol {symbol} is not registered")
-    return get_symbol(engine, symbol)
+    return get_symbol(bind, symbol)
 
 
-def remove_symbol(engine: Engine, symbol: str) -> None:
+def remove_symbol(bind: Bind, symbol: str) -> None:
     symbol = validate_symbol(symbol)
-    with engine.begin() as conn:
+    with _begin(bind) as conn:
         removed = conn.execute(REGISTRY.delete().where(REGISTRY.c.symbol == symbol)).rowcount
     if not removed:
         raise UnknownSymbol(f"symbol {symbol} is not registered")
 
 
-def set_status(engine: Engine, symbols: Sequence[str], status: str,
-               error_message: str | None = None, **stamps: Any) -> None:
-    """Move symbols to a status; `completed`/`running` clear the error message."""
+# -- status and notes -----------------------------------------------------------------
+
+
+def set_status(bind: Bind, symbols: Sequence[str], status: RegistryStatus | str, note: Note | None = None,
+               last_backfill: dt.date | None = None) -> None:
+    """Move symbols to a status with its note; scheduled, running and completed clear an old one."""
     if not symbols:
         return
-    values: dict[str, Any] = {"status": status, "updated_at": _now(), **stamps}
-    if status == "error":
-        values["error_message"] = (error_message or "failed")[:2000]
-    elif status in ("running", "scheduled", "completed"):
-        values["error_message"] = error_message
-    with engine.begin() as conn:
-        conn.execute(update(REGISTRY).where(REGISTRY.c.symbol.in_(list(symbols))).values(**values))
+    status = RegistryStatus(status)
+    if status == RegistryStatus.ERROR and note is None:
+        note = Note.error("failed")
+    values: dict[str, Any] = {"status": status.value, "updated_at": _now()}
+    if status != RegistryStatus.IDLE or note is not None:
+        values.update(error_message=note.text if note else None, note_kind=note.kind.value if note else None)
+    if last_backfill is not None:
+        values["last_backfill"] = last_backfill
+    with _begin(bind) as conn:
+        for chunk in _chunks(symbols):
+            conn.execute(update(REGISTRY).where(REGISTRY.c.symbol.in_(chunk)).values(**values))
 
 
-def status_of(engine: Engine, symbols: Sequence[str]) -> dict[str, str]:
-    with engine.connect() as conn:
-        rows = conn.execute(select(REGISTRY.c.symbol, REGISTRY.c.status)
-                            .where(REGISTRY.c.symbol.in_(list(symbols))))
+def fail(bind: Bind, symbols: Sequence[str], message: str) -> None:
+    set_status(bind, symbols, RegistryStatus.ERROR, Note.error(message))
+
+
+def mark_stale(bind: Bind, symbols: Sequence[str], detail: str) -> None:
+    """The stream monitor's flag: status error with `stream stale: <detail>`."""
+    set_status(bind, symbols, RegistryStatus.ERROR, Note.stale(detail))
+
+
+def note_warning(bind: Bind, symbols: Sequence[str], detail: str) -> None:
+    """Put a warning on registry rows without changing their status, unless a row shows an error."""
+    note = Note.warning(detail)
+    with _begin(bind) as conn:
+        for chunk in _chunks(symbols):
+            conn.execute(update(REGISTRY).where(REGISTRY.c.symbol.in_(chunk), REGISTRY.c.status != RegistryStatus.ERROR.value)
+                         .values(error_message=note.text, note_kind=note.kind.value, updated_at=_now()))
+
+
+def stamp_snapshot(bind: Bind, symbols: Sequence[str], at: dt.datetime) -> None:
+    with _begin(bind) as conn:
+        for chunk in _chunks(symbols):
+            conn.execute(update(REGISTRY).where(REGISTRY.c.symbol.in_(chunk))
+                         .values(last_snapshot=at, updated_at=_now()))
+
+
+def stamp_stream(bind: Bind, symbols: Sequence[str], at: dt.datetime) -> None:
+    """last_stream for symbols that sent bars; a stale flag the monitor set is cleared."""
+    stale = and_(REGISTRY.c.status == RegistryStatus.ERROR.value, REGISTRY.c.note_kind == NoteKind.STREAM_STALE.value)
+    with _begin(bind) as conn:
+        for chunk in _chunks(symbols):
+            conn.execute(update(REGISTRY).where(REGISTRY.c.symbol.in_(chunk)).values(
+                last_stream=at, updated_at=_now(),
+                status=case((stale, RegistryStatus.COMPLETED.value), else_=REGISTRY.c.status),
+                error_message=case((stale, None), else_=REGISTRY.c.error_message),
+                note_kind=case((stale, None), else_=REGISTRY.c.note_kind)))
+
+
+# -- queries ----------------------------------------------------------------------------
+
+
+def status_of(bind: Bind, symbols: Sequence[str]) -> dict[str, str]:
+    with _begin(bind) as conn:
+        rows = conn.execute(select(REGISTRY.c.symbol, REGISTRY.c.status).where(REGISTRY.c.symbol.in_(list(symbols))))
         return {s: st for s, st in rows}
 
 
-STREAM_STALE_PREFIX = "stream stale:"
+def busy_symbols(bind: Bind, now: dt.datetime, stale_after: dt.timedelta) -> set[str]:
+    """Symbols `scheduled` or `running` more recently than `stale_after` ago: a run owns them.
+
+    An older busy status is presumed to belong to a run that died and no longer counts.
+    """
+    cutoff = now - stale_after
+    with _begin(bind) as conn:
+        rows = conn.execute(select(REGISTRY.c.symbol, REGISTRY.c.updated_at).where(REGISTRY.c.status.in_(BUSY)))
+        return {symbol for symbol, updated in rows if updated is not None and (_utc(updated) or now) > cutoff}
 
 
-def status_report(engine: Engine) -> dict[str, Any]:
+def status_report(bind: Bind) -> dict[str, Any]:
     """What `chronox status` shows: counts by status, errors, stale streams, last stamps."""
-    rows = list_symbols(engine)
-    counts = {status: 0 for status in ("idle", "scheduled", "running", "completed", "error")}
+    rows = list_symbols(bind)
+    counts = {status.value: 0 for status in RegistryStatus}
     for row in rows:
-        counts[row["status"]] = counts.get(row["status"], 0) + 1
-    errors = [{"symbol": r["symbol"], "error_message": r["error_message"]} for r in rows
-              if r["status"] == "error" and not (r["error_message"] or "").startswith(STREAM_STALE_PREFIX)]
-    stale = [{"symbol": r["symbol"], "last_stream": r["last_stream"], "error_message": r["error_message"]}
-             for r in rows if (r["error_message"] or "").startswith(STREAM_STALE_PREFIX)]
-    stamps = [{k: r[k] for k in ("symbol", "strategy", "enabled", "status", "last_backfill", "last_snapshot",
-                                 "last_stream")} for r in rows]
+        counts[row.status] += 1
+    errors = [{"symbol": r.symbol, "error_message": r.error_message} for r in rows
+              if r.status == RegistryStatus.ERROR and not r.stale]
+    stale = [{"symbol": r.symbol, "last_stream": isoformat_utc(r.last_stream), "error_message": r.error_message}
+             for r in rows if r.stale]
+    stamps = [{k: v for k, v in r.as_json().items() if k in ("symbol", "strategy", "enabled", "status", "last_backfill",
+                                                             "last_snapshot", "last_stream")} for r in rows]
     return {"total": len(rows), "by_status": counts, "errors": errors, "stale_streams": stale, "symbols": stamps}

@@ -8,27 +8,15 @@ belong to a run that died (a lost worker, a flushed broker) and no longer blocks
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from typing import Any
-
-from sqlalchemy import select
 
 from chronox import registry
 from chronox.bars import UTC
 from chronox.db import get_engine
 from chronox.gaps import find_gaps
-from chronox.models import SymbolRegistry
+from chronox.models import RegistryStatus
 from chronox.settings import Settings
-
-BUSY = ("scheduled", "running")
-
-
-def busy_symbols(settings: Settings, now: dt.datetime) -> set[str]:
-    cutoff = now - dt.timedelta(hours=settings.backfill_stale_hours)
-    table = SymbolRegistry.__table__
-    with get_engine(settings.database_url).connect() as conn:
-        rows = conn.execute(select(table.c.symbol, table.c.updated_at).where(table.c.status.in_(BUSY)))
-        return {symbol for symbol, updated in rows
-                if updated is not None and (updated if updated.tzinfo else updated.replace(tzinfo=UTC)) > cutoff}
 
 
 def gap_scan(settings: Settings, now: dt.datetime | None = None) -> dict[str, Any]:
@@ -39,9 +27,22 @@ def gap_scan(settings: Settings, now: dt.datetime | None = None) -> dict[str, An
     """
     now = now or dt.datetime.now(UTC)
     found = [g for g in find_gaps(settings, now=now) if g.gaps]
-    busy = busy_symbols(settings, now)
+    engine = get_engine(settings.database_url)
+    busy = registry.busy_symbols(engine, now, dt.timedelta(hours=settings.backfill_stale_hours))
+    due = [g for g in found if g.symbol not in busy]
     dispatch = [{"symbol": g.symbol, "start": g.gaps[0].isoformat(), "end": g.gaps[-1].isoformat(),
-                 "gaps": len(g.gaps)} for g in found if g.symbol not in busy]
-    registry.set_status(get_engine(settings.database_url), [d["symbol"] for d in dispatch], "scheduled")
+                 "gaps": len(g.gaps)} for g in due]
+    registry.set_status(engine, [g.symbol for g in due], RegistryStatus.SCHEDULED)
     return {"with_gaps": len(found), "skipped_running": sorted(g.symbol for g in found if g.symbol in busy),
             "dispatch": dispatch}
+
+
+BackfillSender = Callable[[str, str, str], None]  # symbol, start, end
+
+
+def nightly_gap_scan(settings: Settings, now: dt.datetime | None, send: BackfillSender) -> dict[str, Any]:
+    """The beat job: gap_scan, then one backfill sent per symbol with gaps."""
+    result = gap_scan(settings, now=now)
+    for item in result["dispatch"]:
+        send(item["symbol"], item["start"], item["end"])
+    return {**result, "dispatched": len(result["dispatch"])}

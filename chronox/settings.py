@@ -1,98 +1,56 @@
 """Environment -> typed settings, read in one place.
 
-Every variable is optional; unset means the embedded default (SQLite in the working
-directory, tasks executed in-process, Redis and Kafka features off).
+Every variable is optional; unset (or blank) means the `Settings` field's default: SQLite
+in the working directory, tasks executed in-process, Redis and Kafka features off.
+`ENVIRONMENT` lists the variables, one entry each: the variable, the field it sets and
+the parser that checks it. The defaults live only on `Settings`.
 """
 from __future__ import annotations
 
 import datetime as dt
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from enum import StrEnum
 from typing import Any
 
 POLYGON_FLATFILES_ENDPOINT = "https://files.polygon.io"
 POLYGON_WS_URL = "wss://socket.polygon.io/stocks"  # real-time stocks feed
-PUBLISH_MODES = ("kafka-first", "db-first")
-PROVIDERS = ("polygon", "replay")
-SNAPSHOT_METHODS = ("snapshot", "agg", "rest")
+
+# A minute per message already stalls a day load for days; more is a typo, and beyond
+# about 10**12 ms time.sleep overflows.
+MAX_PUBLISH_THROTTLE_MS = 60_000
+
+
+class PublishMode(StrEnum):
+    KAFKA_FIRST = "kafka-first"
+    DB_FIRST = "db-first"
+
+
+class TopicMode(StrEnum):
+    PER_SYMBOL = "per-symbol"
+    PER_KIND = "per-kind"
+
+
+class SnapshotMethod(StrEnum):
+    SNAPSHOT = "snapshot"
+    AGG = "agg"
+    REST = "rest"
+
+
+class ProviderName(StrEnum):
+    POLYGON = "polygon"
+    REPLAY = "replay"
+
+
+# The plain string values, for click.Choice and messages.
+PUBLISH_MODES: tuple[str, ...] = tuple(m.value for m in PublishMode)
+SNAPSHOT_METHODS: tuple[str, ...] = tuple(m.value for m in SnapshotMethod)
+PROVIDERS: tuple[str, ...] = tuple(m.value for m in ProviderName)
 
 
 class ConfigError(ValueError):
     """A setting has a value ChronoX cannot use; the message names the variable."""
-
-
-def _env(name: str) -> str | None:
-    value = os.environ.get(name)
-    if value is None or value.strip() == "":
-        return None
-    return value.strip()
-
-
-def _parse_day(name: str, value: str) -> dt.date:
-    try:
-        return dt.date.fromisoformat(value)
-    except ValueError:
-        raise ConfigError(f"{name}={value!r} is not a date (YYYY-MM-DD)") from None
-
-
-def _parse_int(name: str, value: str | None, default: int | None, maximum: int | None = None) -> int | None:
-    if value is None:
-        return default
-    try:
-        number = int(value)
-    except ValueError:
-        raise ConfigError(f"{name}={value!r} is not an integer") from None
-    if number < 0:
-        raise ConfigError(f"{name}={value!r} must not be negative")
-    if maximum is not None and number > maximum:
-        raise ConfigError(f"{name}={value!r} is more than {maximum}")
-    return number
-
-
-def _parse_positive_float(name: str, value: str | None, default: float) -> float:
-    if value is None:
-        return default
-    try:
-        number = float(value)
-    except ValueError:
-        raise ConfigError(f"{name}={value!r} is not a number") from None
-    if not number > 0 or number == float("inf"):
-        raise ConfigError(f"{name}={value!r} must be a positive number")
-    return number
-
-
-def _ws_url(name: str, value: str | None, default: str) -> str:
-    url = value or default
-    if not url.startswith(("ws://", "wss://")):
-        raise ConfigError(f"{name}={url!r} must be a ws:// or wss:// URL, e.g. {default}")
-    return url
-
-
-def _choice(name: str, default: str, choices: tuple[str, ...]) -> str:
-    value = (_env(name) or default).lower()
-    if value not in choices:
-        raise ConfigError(f"{name}={value!r} is not one of {', '.join(choices)}")
-    return value
-
-
-def _parse_bool(name: str, value: str | None, default: bool) -> bool:
-    if value is None:
-        return default
-    lowered = value.lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise ConfigError(f"{name}={value!r} is not a boolean (true or false)")
-
-
-def _cron(name: str, value: str | None, default: str) -> str:
-    text = value or default
-    if len(text.split()) != 5:
-        raise ConfigError(f"{name}={text!r} is not a cron expression of 5 fields "
-                          "(minute hour day-of-month month day-of-week)")
-    return text
 
 
 @dataclass(frozen=True)
@@ -108,16 +66,16 @@ class Settings:
     s3_secret_access_key: str | None = field(default=None, repr=False)
     polygon_api_key: str | None = field(default=None, repr=False)
     polygon_base_url: str = "https://api.polygon.io"
-    publish_mode: str = "kafka-first"
+    publish_mode: PublishMode = PublishMode.KAFKA_FIRST
     publish_throttle_ms: int = 0  # pause after each Kafka message, to spare a small cluster
     backfill_start: dt.date | None = None
-    kafka_topic_mode: str = "per-symbol"
-    provider: str = "polygon"
-    polygon_rate_limit: int | None = None  # requests per window, all processes together
+    kafka_topic_mode: TopicMode = TopicMode.PER_SYMBOL
+    provider: ProviderName = ProviderName.POLYGON
+    polygon_rate_limit: int | None = None  # requests per window, all processes together; None: unlimited
     polygon_rate_window: float = 60.0
     polygon_timeout: float = 30.0
     polygon_max_retries: int = 5
-    snapshot_method: str = "snapshot"
+    snapshot_method: SnapshotMethod = SnapshotMethod.SNAPSHOT
     snapshot_batch: int = 250
     polygon_ws_url: str = POLYGON_WS_URL
     stream_poll_seconds: float = 5.0  # registry re-read by the stream process
@@ -149,92 +107,172 @@ class Settings:
         return (today or dt.date.today()) - dt.timedelta(days=30)
 
 
-# A minute per message already stalls a day load for days; more is a typo, and beyond
-# about 10**12 ms time.sleep overflows.
-MAX_PUBLISH_THROTTLE_MS = 60_000
+# -- parsers: (variable name, stripped non-blank value) -> the field's value ---------------
+
+Parser = Callable[[str, str], Any]
 
 
-def load_settings() -> Settings:
-    """Read the environment now; cheap enough to call per task."""
-    publish_mode = (_env("CHRONOX_PUBLISH_MODE") or "kafka-first").lower()
-    if publish_mode not in PUBLISH_MODES:
-        raise ConfigError(
-            f"CHRONOX_PUBLISH_MODE={publish_mode!r} is not one of {', '.join(PUBLISH_MODES)}"
-        )
-    topic_mode = (_env("CHRONOX_KAFKA_TOPIC_MODE") or "per-symbol").lower()
-    if topic_mode not in ("per-symbol", "per-kind"):
-        raise ConfigError(
-            f"CHRONOX_KAFKA_TOPIC_MODE={topic_mode!r} is not one of per-symbol, per-kind"
-        )
-    broker_url = _env("CHRONOX_BROKER_URL")
-    result_backend = _env("CHRONOX_RESULT_BACKEND")
-    if result_backend is None and broker_url is not None and broker_url.startswith(
-        ("redis://", "rediss://")
-    ):
-        result_backend = broker_url
-    kafka = _env("CHRONOX_KAFKA_BROKERS")
-    backfill_start = _env("CHRONOX_BACKFILL_START")
-    return Settings(
-        database_url=_env("CHRONOX_DATABASE_URL") or "sqlite:///chronox.db",
-        broker_url=broker_url,
-        result_backend=result_backend,
-        redis_url=_env("CHRONOX_REDIS_URL"),
-        kafka_brokers=tuple(b.strip() for b in kafka.split(",") if b.strip()) if kafka else (),
-        flatfiles_url=_env("CHRONOX_FLATFILES_URL") or "s3://flatfiles",
-        s3_endpoint_url=_env("CHRONOX_S3_ENDPOINT_URL") or POLYGON_FLATFILES_ENDPOINT,
-        s3_access_key_id=_env("CHRONOX_S3_ACCESS_KEY_ID"),
-        s3_secret_access_key=_env("CHRONOX_S3_SECRET_ACCESS_KEY"),
-        polygon_api_key=_env("POLYGON_API_KEY"),
-        polygon_base_url=_env("CHRONOX_POLYGON_BASE_URL") or "https://api.polygon.io",
-        publish_mode=publish_mode,
-        publish_throttle_ms=_parse_int("CHRONOX_PUBLISH_THROTTLE_MS", _env("CHRONOX_PUBLISH_THROTTLE_MS"), 0,
-                                       maximum=MAX_PUBLISH_THROTTLE_MS) or 0,
-        backfill_start=_parse_day("CHRONOX_BACKFILL_START", backfill_start)
-        if backfill_start
-        else None,
-        kafka_topic_mode=topic_mode,
-        provider=_choice("CHRONOX_PROVIDER", "polygon", PROVIDERS),
-        # 0 reads as "no limit" so a deployment can switch the limit off explicitly.
-        polygon_rate_limit=_parse_int("CHRONOX_POLYGON_RATE_LIMIT", _env("CHRONOX_POLYGON_RATE_LIMIT"), None) or None,
-        polygon_rate_window=_parse_positive_float("CHRONOX_POLYGON_RATE_WINDOW",
-                                                  _env("CHRONOX_POLYGON_RATE_WINDOW"), 60.0),
-        polygon_timeout=_parse_positive_float("CHRONOX_POLYGON_TIMEOUT", _env("CHRONOX_POLYGON_TIMEOUT"), 30.0),
-        polygon_max_retries=_parse_int("CHRONOX_POLYGON_MAX_RETRIES", _env("CHRONOX_POLYGON_MAX_RETRIES"), 5),
-        snapshot_method=_choice("CHRONOX_SNAPSHOT_METHOD", "snapshot", SNAPSHOT_METHODS),
-        snapshot_batch=_parse_int("CHRONOX_SNAPSHOT_BATCH", _env("CHRONOX_SNAPSHOT_BATCH"), 250) or 250,
-        polygon_ws_url=_ws_url("CHRONOX_POLYGON_WS_URL", _env("CHRONOX_POLYGON_WS_URL"), POLYGON_WS_URL),
-        stream_poll_seconds=_parse_positive_float("CHRONOX_STREAM_POLL_SECONDS",
-                                                  _env("CHRONOX_STREAM_POLL_SECONDS"), 5.0),
-        stream_backlog=_parse_int("CHRONOX_STREAM_BACKLOG", _env("CHRONOX_STREAM_BACKLOG"), 50_000) or 50_000,
-        stream_batch=_parse_int("CHRONOX_STREAM_BATCH", _env("CHRONOX_STREAM_BATCH"), 5_000) or 5_000,
-        stream_stamp_seconds=_parse_positive_float("CHRONOX_STREAM_STAMP_SECONDS",
-                                                   _env("CHRONOX_STREAM_STAMP_SECONDS"), 5.0),
-        stream_reconnect_min_seconds=_parse_positive_float(
-            "CHRONOX_STREAM_RECONNECT_MIN_SECONDS", _env("CHRONOX_STREAM_RECONNECT_MIN_SECONDS"), 1.0),
-        stream_reconnect_max_seconds=_parse_positive_float(
-            "CHRONOX_STREAM_RECONNECT_MAX_SECONDS", _env("CHRONOX_STREAM_RECONNECT_MAX_SECONDS"), 60.0),
-        stream_stale_minutes=_parse_int("CHRONOX_STREAM_STALE_MINUTES",
-                                        _env("CHRONOX_STREAM_STALE_MINUTES"), 5) or 5,
-        enable_scheduler=_parse_bool("CHRONOX_ENABLE_SCHEDULER", _env("CHRONOX_ENABLE_SCHEDULER"), True),
-        gap_scan_cron=_cron("CHRONOX_GAP_SCAN_CRON", _env("CHRONOX_GAP_SCAN_CRON"), "0 0 * * *"),
-        snapshot_interval_minutes=_parse_positive_float(
-            "CHRONOX_SNAPSHOT_INTERVAL_MINUTES", _env("CHRONOX_SNAPSHOT_INTERVAL_MINUTES"), 5.0),
-        stream_monitor_seconds=_parse_positive_float(
-            "CHRONOX_STREAM_MONITOR_SECONDS", _env("CHRONOX_STREAM_MONITOR_SECONDS"), 60.0),
-        outbox_drain_seconds=_parse_positive_float(
-            "CHRONOX_OUTBOX_DRAIN_SECONDS", _env("CHRONOX_OUTBOX_DRAIN_SECONDS"), 60.0),
-        backfill_stale_hours=_parse_positive_float(
-            "CHRONOX_BACKFILL_STALE_HOURS", _env("CHRONOX_BACKFILL_STALE_HOURS"), 6.0),
-    )
+def _text(name: str, value: str) -> str:
+    return value
+
+
+def _list(name: str, value: str) -> tuple[str, ...]:
+    """Comma-separated, blanks dropped."""
+    return tuple(item.strip() for item in value.split(",") if item.strip())
+
+
+def _choice(kind: type[StrEnum]) -> Parser:
+    def parse(name: str, value: str) -> StrEnum:
+        lowered = value.lower()
+        try:
+            return kind(lowered)
+        except ValueError:
+            choices = ", ".join(m.value for m in kind)
+            raise ConfigError(f"{name}={lowered!r} is not one of {choices}") from None
+
+    return parse
+
+
+def _int(minimum: int, maximum: int | None = None, zero: Any = 0) -> Parser:
+    """A whole number from `minimum` (0 or 1) up to `maximum`; 0, when allowed, parses to `zero`."""
+
+    def parse(name: str, value: str) -> Any:
+        try:
+            number = int(value)
+        except ValueError:
+            raise ConfigError(f"{name}={value!r} is not an integer") from None
+        if number < minimum:
+            raise ConfigError(f"{name}={value!r} " + ("must be at least 1" if minimum else "must not be negative"))
+        if maximum is not None and number > maximum:
+            raise ConfigError(f"{name}={value!r} is more than {maximum}")
+        return zero if number == 0 else number
+
+    return parse
+
+
+def _positive_float(name: str, value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise ConfigError(f"{name}={value!r} is not a number") from None
+    if not number > 0 or number == float("inf"):
+        raise ConfigError(f"{name}={value!r} must be a positive number")
+    return number
+
+
+def _bool(name: str, value: str) -> bool:
+    lowered = value.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name}={value!r} is not a boolean (true or false)")
+
+
+def _day(name: str, value: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        raise ConfigError(f"{name}={value!r} is not a date (YYYY-MM-DD)") from None
+
+
+def _ws_url(name: str, value: str) -> str:
+    if not value.startswith(("ws://", "wss://")):
+        raise ConfigError(f"{name}={value!r} must be a ws:// or wss:// URL, e.g. {POLYGON_WS_URL}")
+    return value
+
+
+def _cron(name: str, value: str) -> str:
+    if len(value.split()) != 5:
+        raise ConfigError(f"{name}={value!r} is not a cron expression of 5 fields "
+                          "(minute hour day-of-month month day-of-week)")
+    return value
+
+
+# -- the table ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Variable:
+    """One environment variable: the Settings field it sets and how its text is checked."""
+
+    name: str
+    setting: str  # the Settings field
+    parse: Parser
+
+
+ENVIRONMENT: tuple[Variable, ...] = (
+    Variable("CHRONOX_DATABASE_URL", "database_url", _text),
+    Variable("CHRONOX_BROKER_URL", "broker_url", _text),  # unset: tasks run in-process
+    Variable("CHRONOX_RESULT_BACKEND", "result_backend", _text),  # unset: a Redis broker doubles as it
+    Variable("CHRONOX_REDIS_URL", "redis_url", _text),
+    Variable("CHRONOX_KAFKA_BROKERS", "kafka_brokers", _list),  # unset: Kafka off
+    Variable("CHRONOX_FLATFILES_URL", "flatfiles_url", _text),
+    Variable("CHRONOX_S3_ENDPOINT_URL", "s3_endpoint_url", _text),
+    Variable("CHRONOX_S3_ACCESS_KEY_ID", "s3_access_key_id", _text),
+    Variable("CHRONOX_S3_SECRET_ACCESS_KEY", "s3_secret_access_key", _text),
+    Variable("POLYGON_API_KEY", "polygon_api_key", _text),
+    Variable("CHRONOX_POLYGON_BASE_URL", "polygon_base_url", _text),
+    Variable("CHRONOX_PUBLISH_MODE", "publish_mode", _choice(PublishMode)),
+    # 0: no pause after a Kafka message.
+    Variable("CHRONOX_PUBLISH_THROTTLE_MS", "publish_throttle_ms", _int(0, maximum=MAX_PUBLISH_THROTTLE_MS)),
+    Variable("CHRONOX_BACKFILL_START", "backfill_start", _day),  # unset: 30 days before today
+    Variable("CHRONOX_KAFKA_TOPIC_MODE", "kafka_topic_mode", _choice(TopicMode)),
+    Variable("CHRONOX_PROVIDER", "provider", _choice(ProviderName)),
+    # 0: unlimited (None), so a deployment can switch the limit off explicitly.
+    Variable("CHRONOX_POLYGON_RATE_LIMIT", "polygon_rate_limit", _int(0, zero=None)),
+    Variable("CHRONOX_POLYGON_RATE_WINDOW", "polygon_rate_window", _positive_float),
+    Variable("CHRONOX_POLYGON_TIMEOUT", "polygon_timeout", _positive_float),
+    # 0: no retries, the first failure is final.
+    Variable("CHRONOX_POLYGON_MAX_RETRIES", "polygon_max_retries", _int(0)),
+    Variable("CHRONOX_SNAPSHOT_METHOD", "snapshot_method", _choice(SnapshotMethod)),
+    # Sizes and ages: 0 has no meaning and is refused (at least 1).
+    Variable("CHRONOX_SNAPSHOT_BATCH", "snapshot_batch", _int(1)),
+    Variable("CHRONOX_POLYGON_WS_URL", "polygon_ws_url", _ws_url),
+    Variable("CHRONOX_STREAM_POLL_SECONDS", "stream_poll_seconds", _positive_float),
+    Variable("CHRONOX_STREAM_BACKLOG", "stream_backlog", _int(1)),
+    Variable("CHRONOX_STREAM_BATCH", "stream_batch", _int(1)),
+    Variable("CHRONOX_STREAM_STAMP_SECONDS", "stream_stamp_seconds", _positive_float),
+    Variable("CHRONOX_STREAM_RECONNECT_MIN_SECONDS", "stream_reconnect_min_seconds", _positive_float),
+    Variable("CHRONOX_STREAM_RECONNECT_MAX_SECONDS", "stream_reconnect_max_seconds", _positive_float),
+    Variable("CHRONOX_STREAM_STALE_MINUTES", "stream_stale_minutes", _int(1)),
+    Variable("CHRONOX_ENABLE_SCHEDULER", "enable_scheduler", _bool),
+    Variable("CHRONOX_GAP_SCAN_CRON", "gap_scan_cron", _cron),
+    Variable("CHRONOX_SNAPSHOT_INTERVAL_MINUTES", "snapshot_interval_minutes", _positive_float),
+    Variable("CHRONOX_STREAM_MONITOR_SECONDS", "stream_monitor_seconds", _positive_float),
+    Variable("CHRONOX_OUTBOX_DRAIN_SECONDS", "outbox_drain_seconds", _positive_float),
+    Variable("CHRONOX_BACKFILL_STALE_HOURS", "backfill_stale_hours", _positive_float),
+)
+
+
+def _env(environ: Mapping[str, str], name: str) -> str | None:
+    value = environ.get(name)
+    if value is None or value.strip() == "":
+        return None
+    return value.strip()
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Read the environment (os.environ unless given) now; cheap enough to call per task."""
+    source = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for variable in ENVIRONMENT:
+        text = _env(source, variable.name)
+        if text is not None:
+            values[variable.setting] = variable.parse(variable.name, text)
+    broker_url = values.get("broker_url")
+    if "result_backend" not in values and broker_url and broker_url.startswith(("redis://", "rediss://")):
+        values["result_backend"] = broker_url
+    return Settings(**values)
 
 
 # Settings one run may override (`chronox run --publish-mode ...`); they travel to the
 # workers as the phase tasks' `options` kwarg, so none of them may be a secret.
 RUN_OPTIONS = ("publish_mode", "publish_throttle_ms", "snapshot_method")
+_RUN_CHOICES: dict[str, type[StrEnum]] = {"publish_mode": PublishMode, "snapshot_method": SnapshotMethod}
 
 
 def validate_run_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Checked, normalised run options; ConfigError names the bad one."""
+    """Checked, normalised run options as plain JSON values (str, int); ConfigError names the bad one."""
     checked: dict[str, Any] = {}
     for name, value in (options or {}).items():
         if value is None:
@@ -245,11 +283,12 @@ def validate_run_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
             if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_PUBLISH_THROTTLE_MS:
                 raise ConfigError(f"publish_throttle_ms={value!r} must be a whole number of milliseconds "
                                   f"from 0 to {MAX_PUBLISH_THROTTLE_MS}")
+            value = int(value)
         else:
-            choices = PUBLISH_MODES if name == "publish_mode" else SNAPSHOT_METHODS
+            choices = tuple(m.value for m in _RUN_CHOICES[name])
             if not isinstance(value, str) or value.lower() not in choices:
                 raise ConfigError(f"{name}={value!r} is not one of {', '.join(choices)}")
-            value = value.lower()
+            value = str(value.lower())
         checked[name] = value
     return checked
 
@@ -258,4 +297,6 @@ def run_settings(options: Mapping[str, Any] | None = None) -> Settings:
     """The environment's settings with one run's overrides applied."""
     settings = load_settings()
     checked = validate_run_options(options)
-    return replace(settings, **checked) if checked else settings
+    typed: dict[str, Any] = {name: _RUN_CHOICES[name](value) if name in _RUN_CHOICES else value
+                             for name, value in checked.items()}
+    return replace(settings, **typed) if typed else settings

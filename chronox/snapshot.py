@@ -14,29 +14,25 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from kafka.errors import KafkaError
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection
 
+from chronox import registry
 from chronox.bars import UTC, isoformat_utc
 from chronox.db import get_engine
-from chronox.models import SnapshotLatest, SymbolRegistry
-from chronox.publish import (
-    ENVELOPE_VERSION,
-    PublishError,
-    RedisMirror,
-    drop_publisher,
-    get_mirror,
-    get_publisher,
-)
-from chronox.rest import get_provider, skipped, touch_registry
+from chronox.delivery import Delivery
+from chronox.models import SnapshotLatest, table
+from chronox.providers import get_provider
+from chronox.publish import ENVELOPE_VERSION, get_mirror
+from chronox.rest import skipped
 from chronox.settings import SNAPSHOT_METHODS, Settings
-from chronox.sources.polygon import Provider, Snapshot
-from chronox.strategy import InvalidInput, parse_strategy
+from chronox.sources.base import Provider, Snapshot
+from chronox.store import dialect_insert
+from chronox.strategy import InvalidInput
 
 log = logging.getLogger(__name__)
 
 SNAPSHOT_COLUMNS = ("ts", "price", "volume", "prev_close", "method", "fetched_at")
-SNAPSHOTS = SnapshotLatest.__table__
+SNAPSHOTS = table(SnapshotLatest)
 
 
 def envelope(snap: Snapshot) -> dict[str, Any]:
@@ -46,11 +42,7 @@ def envelope(snap: Snapshot) -> dict[str, Any]:
 
 
 def snapshot_symbols(settings: Settings) -> list[str]:
-    table = SymbolRegistry.__table__
-    with get_engine(settings.database_url).connect() as conn:
-        rows = conn.execute(select(table.c.symbol, table.c.strategy).where(table.c.enabled.is_(True))
-                            .order_by(table.c.symbol)).all()
-    return [symbol for symbol, strategy in rows if "snapshot" in parse_strategy(strategy)]
+    return registry.symbols_with_phase(get_engine(settings.database_url), "snapshot")
 
 
 def batches(symbols: Sequence[str], size: int) -> list[list[str]]:
@@ -71,61 +63,28 @@ def fetch(provider: Provider, symbols: Sequence[str], method: str, batch: int) -
     return [s for s in (one(symbol) for symbol in symbols) if s is not None]
 
 
-def _dialect_insert(conn: Connection) -> Any:
-    """The dialect's INSERT construct, the one with ON CONFLICT."""
-    if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    return insert
-
-
-def _store(settings: Settings, snaps: Sequence[Snapshot], fetched_at: dt.datetime) -> None:
+def _store(conn: Connection, snaps: Sequence[Snapshot], fetched_at: dt.datetime) -> None:
     # One row per symbol: a multi-row upsert may not touch the same row twice.
     rows = list({s.symbol: {"symbol": s.symbol, "ts": s.ts, "price": s.price, "volume": s.volume,
                             "prev_close": s.prev_close, "method": s.method, "fetched_at": fetched_at}
                  for s in snaps}.values())
     if not rows:
         return
-    with get_engine(settings.database_url).begin() as conn:
-        statement = _dialect_insert(conn)(SNAPSHOTS)
-        # RETURNING makes SQLAlchemy 2.0 batch the rows into multi-row statements; without
-        # it an executemany of INSERT .. ON CONFLICT is one round trip per row.
-        conn.execute(statement.on_conflict_do_update(
-            index_elements=["symbol"], set_={c: statement.excluded[c] for c in SNAPSHOT_COLUMNS}
-        ).returning(SNAPSHOTS.c.symbol), rows)
-        touch_registry(conn, [r["symbol"] for r in rows], last_snapshot=fetched_at)
-
-
-def _publish(settings: Settings, events: Sequence[dict[str, Any]]) -> None:
-    try:
-        publisher = get_publisher(settings)
-        if publisher is None:
-            return
-        for event in events:
-            publisher.send("snapshot", event["symbol"], event)
-        publisher.flush()
-    except (PublishError, KafkaError):
-        drop_publisher(settings)
-        raise
-
-
-class _PipelinedMirror(RedisMirror):
-    """The same keys, channels and TTL as RedisMirror, queued on a pipeline: one round trip
-    per batch instead of two per symbol."""
-
-    def __init__(self, mirror: RedisMirror):
-        self._redis = mirror.client.pipeline(transaction=False)
-
-    def execute(self) -> None:
-        self._redis.execute()
+    statement = dialect_insert(conn, SNAPSHOTS)
+    # RETURNING makes SQLAlchemy 2.0 batch the rows into multi-row statements; without
+    # it an executemany of INSERT .. ON CONFLICT is one round trip per row.
+    conn.execute(statement.on_conflict_do_update(
+        index_elements=["symbol"], set_={c: statement.excluded[c] for c in SNAPSHOT_COLUMNS}
+    ).returning(SNAPSHOTS.c.symbol), rows)
+    registry.stamp_snapshot(conn, sorted({s.symbol for s in snaps}), fetched_at)
 
 
 def _mirror(settings: Settings, events: Sequence[dict[str, Any]]) -> None:
     mirror = get_mirror(settings)
     if mirror is None:
         return
-    batch = _PipelinedMirror(mirror)
+    # One round trip per batch instead of two per symbol.
+    batch = mirror.pipelined()
     for event in events:
         batch.cache_price(event["symbol"], event)
         batch.publish("snapshot", event["symbol"], event)
@@ -136,14 +95,9 @@ def record(settings: Settings, snaps: Sequence[Snapshot], fetched_at: dt.datetim
     """Store, cache, mirror and publish snapshots in the order of the publish mode."""
     fetched_at = fetched_at or dt.datetime.now(UTC)
     events = [envelope(s) for s in snaps]
-    if settings.publish_mode == "kafka-first":
-        _publish(settings, events)
-        _mirror(settings, events)
-        _store(settings, snaps, fetched_at)
-    else:
-        _store(settings, snaps, fetched_at)
-        _publish(settings, events)
-        _mirror(settings, events)
+    with Delivery(settings).transaction(kind="snapshot") as out:
+        _store(out.conn, snaps, fetched_at)
+        out.events(events, mirror=lambda: _mirror(settings, events))
 
 
 def refresh_batches(settings: Settings, method: str | None = None) -> tuple[str, list[list[str]]]:

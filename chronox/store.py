@@ -1,65 +1,57 @@
-"""Idempotent bar storage: a flat-file symbol-day is replaced atomically (COPY on PostgreSQL).
+"""Idempotent bar storage on a caller's connection (the caller owns the transaction).
 
-A day load is one transaction: delete the symbol-days, insert the file's rows, record
-coverage, quarantine and (db-first) the publish outbox. Any failure, including a file
-that turns out to be truncated half-way, rolls the whole day back.
+A flat-file symbol-day is replaced as a whole (COPY on PostgreSQL); bars from REST,
+stream and snapshot are upserted with source precedence. Coverage, quarantine and the
+publish outbox live here too. Nothing here talks to Kafka or reads files: rows come in
+as values (`DayRows` for a day file, `Bar`s for the rest).
 """
 from __future__ import annotations
 
 import datetime as dt
 import itertools
-import logging
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any, Protocol
 
-from sqlalchemy import Connection, Engine, and_, delete, func, insert, select, tuple_
+from sqlalchemy import Connection, Table, and_, case, delete, func, insert, select, tuple_
+from sqlalchemy.dialects import postgresql, sqlite
 
-from chronox.bars import SOURCE_RANK, Bar, isoformat_utc
-from chronox.calendar import day_bounds_utc
-from chronox.models import Coverage, Ohlcv1m, PublishOutbox, Quarantine
-from chronox.publish import KafkaPublisher
-from chronox.sources.flatfiles import DayFileReader, FlatRow, QuarantinedRow
+from chronox.bars import SOURCE_RANK, Bar, QuarantinedRow, isoformat_utc
+from chronox.models import Coverage, Ohlcv1m, PublishOutbox, Quarantine, table
 
-log = logging.getLogger(__name__)
-
-OHLCV = Ohlcv1m.__table__
-COVERAGE = Coverage.__table__
-QUARANTINE = Quarantine.__table__
-OUTBOX = PublishOutbox.__table__
+OHLCV = table(Ohlcv1m)
+COVERAGE = table(Coverage)
+QUARANTINE = table(Quarantine)
+OUTBOX = table(PublishOutbox)
 COPY_COLUMNS = ("symbol", "ts", "open", "high", "low", "close", "volume", "vwap", "transactions", "source")
 TIMEFRAME = "1m"
+OutboxEntry = tuple[str, dt.date, str]  # symbol, trading day, source
 
 
-@dataclass
-class DayLoadResult:
-    day: dt.date
-    rows: dict[str, int] = field(default_factory=dict)
-    quarantined: int = 0
-    duplicates: int = 0
-    published: int = 0
+class DayRows(Protocol):
+    """A day file's rows in the two shapes storage takes; a load uses exactly one of them."""
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "day": self.day.isoformat(),
-            "rows": sum(self.rows.values()),
-            "symbols": len(self.rows),
-            "quarantined": self.quarantined,
-            "duplicates": self.duplicates,
-            "published": self.published,
-        }
+    def copy_lines(self) -> Iterator[str]:
+        """PostgreSQL COPY text lines in COPY_COLUMNS order."""
+        ...
+
+    def records(self) -> Iterator[dict[str, Any]]:
+        """Rows as column -> value, `ts` a UTC datetime."""
+        ...
 
 
-def upsert(conn: Connection, table: Any, rows: Sequence[dict[str, Any]], keys: Sequence[str],
+def dialect_insert(conn: Connection, target: Table) -> Any:
+    """The dialect's INSERT of `target`, the one with ON CONFLICT (PostgreSQL and SQLite alike)."""
+    if conn.dialect.name == "postgresql":
+        return postgresql.insert(target)
+    return sqlite.insert(target)
+
+
+def upsert(conn: Connection, target: Table, rows: Sequence[dict[str, Any]], keys: Sequence[str],
            updates: Sequence[str]) -> None:
-    """INSERT ... ON CONFLICT DO UPDATE on PostgreSQL and SQLite alike."""
+    """INSERT ... ON CONFLICT DO UPDATE."""
     if not rows:
         return
-    if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as dialect_insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert as dialect_insert
-    statement = dialect_insert(table)
+    statement = dialect_insert(conn, target)
     statement = statement.on_conflict_do_update(
         index_elements=list(keys), set_={c: statement.excluded[c] for c in updates}
     )
@@ -156,91 +148,71 @@ def _replace_postgres(conn: Connection, lines: Iterator[str], symbols: Sequence[
                              "WHERE symbol = ANY(%(symbols)s)", window)
 
 
-def _replace_sqlite(conn: Connection, rows: Iterable[FlatRow], reader: DayFileReader,
-                    symbols: Sequence[str], start: dt.datetime, end: dt.datetime, source: str) -> None:
+def _replace_sqlite(conn: Connection, records: Iterable[dict[str, Any]], symbols: Sequence[str],
+                    start: dt.datetime, end: dt.datetime) -> None:
     conn.execute(delete(OHLCV).where(and_(OHLCV.c.symbol.in_(list(symbols)),
                                           OHLCV.c.ts >= start, OHLCV.c.ts < end)))
-    times = reader.minute_times
-    batch: list[dict[str, Any]] = []
-    for r in rows:
-        batch.append({"symbol": r.symbol, "ts": times[r.minute], "open": r.open, "high": r.high,
-                      "low": r.low, "close": r.close, "volume": r.volume, "vwap": None,
-                      "transactions": r.transactions, "source": source})
-        if len(batch) >= 5000:
-            conn.execute(insert(OHLCV), batch)
-            batch = []
-    if batch:
+    for batch in _batched(records, 5000):
         conn.execute(insert(OHLCV), batch)
 
 
-def _publishing(rows: Iterable[FlatRow], reader: DayFileReader, publisher: KafkaPublisher,
-                source: str) -> Iterator[FlatRow]:
-    iso = reader.minute_iso
-    for r in rows:
-        publisher.send_bar(r.symbol, TIMEFRAME, iso[r.minute], r.open, r.high, r.low, r.close,
-                           r.volume, source)
-        yield r
+def _batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    iterator = iter(items)
+    while batch := list(itertools.islice(iterator, size)):
+        yield batch
 
 
-def _lock_day(conn: Connection, day: dt.date) -> None:
-    # Two runs loading the same day would otherwise race between DELETE and COPY.
+def lock_day(conn: Connection, day: dt.date) -> None:
+    """Serializes the writers of one trading day (day loads, REST windows) on PostgreSQL.
+
+    Two runs loading the same day would otherwise race between DELETE and COPY.
+    """
     if conn.dialect.name == "postgresql":
         conn.exec_driver_sql("SELECT pg_advisory_xact_lock(%s, %s)", (7234002, day.toordinal()))
 
 
-def load_flat_day(engine: Engine, reader: DayFileReader, symbols: Sequence[str], *,
-                  publisher: KafkaPublisher | None = None, record_outbox: bool = False,
-                  source: str = "flatpack",
-                  progress: Callable[[int], None] | None = None) -> DayLoadResult:
-    """Replace the symbol-days of `symbols` on reader.day with the file's rows, atomically.
-
-    With a publisher (kafka-first) every bar is acknowledged by Kafka before the
-    transaction commits. With record_outbox (db-first) the transaction also records the
-    symbol-days in the publish outbox; they are published from the database after the
-    commit (see publish_outbox_entries).
-    """
-    day = reader.day
-    start, end = day_bounds_utc(day)
-    result = DayLoadResult(day=day)
-    with engine.begin() as conn:
-        _lock_day(conn, day)
-        reader.progress = progress
-        rows: Iterable[FlatRow] = reader
-        if publisher is not None:
-            rows = _publishing(rows, reader, publisher, source)
-        if conn.dialect.name == "postgresql":
-            lines = reader.copy_lines(source) if publisher is None else \
-                _copy_lines(rows, reader.minute_iso, source)
-            _replace_postgres(conn, lines, symbols, start, end)
-        else:
-            _replace_sqlite(conn, rows, reader, symbols, start, end, source)
-        stats = reader.stats
-        result.rows = {s: stats.rows_kept.get(s, 0) for s in symbols}
-        result.duplicates = stats.duplicates
-        result.quarantined = quarantine_rows(conn, stats.quarantined)
-        upsert(conn, COVERAGE,
-               [{"symbol": s, "trading_day": day, "source": source, "rows": n}
-                for s, n in result.rows.items()],
-               keys=("symbol", "trading_day", "source"), updates=("rows", "updated_at"))
-        # The file replaced every other source's bars of these symbol-days: so goes their coverage.
-        conn.execute(delete(COVERAGE).where(COVERAGE.c.symbol.in_(list(symbols)), COVERAGE.c.trading_day == day,
-                                            COVERAGE.c.source != source))
-        if publisher is not None:
-            publisher.flush()
-            result.published = sum(result.rows.values())
-        if record_outbox:
-            upsert(conn, OUTBOX,
-                   [{"symbol": s, "trading_day": day, "source": source, "attempts": 0,
-                     "last_error": None} for s, n in result.rows.items() if n],
-                   keys=("symbol", "trading_day", "source"), updates=("attempts",))
-    return result
+def replace_day(conn: Connection, rows: DayRows, symbols: Sequence[str], start: dt.datetime,
+                end: dt.datetime) -> None:
+    """Make the bars of `symbols` in [start, end) exactly `rows` (flat files are authoritative)."""
+    if conn.dialect.name == "postgresql":
+        _replace_postgres(conn, rows.copy_lines(), symbols, start, end)
+    else:
+        _replace_sqlite(conn, rows.records(), symbols, start, end)
 
 
-def _copy_lines(rows: Iterable[FlatRow], minute_iso: list[str], source: str) -> Iterator[str]:
-    for r in rows:
-        n = "\\N" if r.transactions is None else r.transactions
-        yield (f"{r.symbol}\t{minute_iso[r.minute]}\t{r.open!r}\t{r.high!r}\t{r.low!r}\t"
-               f"{r.close!r}\t{r.volume!r}\t\\N\t{n}\t{source}\n")
+def cover_day(conn: Connection, day: dt.date, rows: Mapping[str, int], source: str) -> None:
+    """Coverage of a day load: one row per symbol (zero rows too), and no other source's,
+    since the file replaced every other source's bars of these symbol-days."""
+    upsert(conn, COVERAGE, [{"symbol": s, "trading_day": day, "source": source, "rows": n} for s, n in rows.items()],
+           keys=("symbol", "trading_day", "source"), updates=("rows", "updated_at"))
+    conn.execute(delete(COVERAGE).where(COVERAGE.c.symbol.in_(list(rows)), COVERAGE.c.trading_day == day,
+                                        COVERAGE.c.source != source))
+
+
+def cover_days(conn: Connection, symbol: str, rows: Mapping[dt.date, int], source: str) -> None:
+    """Coverage of days one source filled for one symbol (a day without bars counts 0)."""
+    upsert(conn, COVERAGE, [{"symbol": symbol, "trading_day": d, "source": source, "rows": n}
+                            for d, n in sorted(rows.items())],
+           keys=("symbol", "trading_day", "source"), updates=("rows", "updated_at"))
+
+
+def covered_days(conn: Connection, symbol: str, first: dt.date, last: dt.date) -> set[dt.date]:
+    rows = conn.execute(select(COVERAGE.c.trading_day).where(
+        COVERAGE.c.symbol == symbol, COVERAGE.c.trading_day >= first, COVERAGE.c.trading_day <= last))
+    return {day for (day,) in rows}
+
+
+def coverage_by_day(conn: Connection, symbol: str, first: dt.date, last: dt.date) -> dict[dt.date, int]:
+    """Rows per covered day (all sources together)."""
+    rows = conn.execute(select(COVERAGE.c.trading_day, func.sum(COVERAGE.c.rows))
+                        .where(COVERAGE.c.symbol == symbol, COVERAGE.c.trading_day >= first,
+                               COVERAGE.c.trading_day <= last)
+                        .group_by(COVERAGE.c.trading_day))
+    return {day: int(n) for day, n in rows}
+
+
+def quarantined_count(conn: Connection, symbol: str) -> int:
+    return conn.execute(select(func.count()).select_from(QUARANTINE).where(QUARANTINE.c.symbol == symbol)).scalar_one()
 
 
 def iter_bars(conn: Connection, symbol: str, start: dt.datetime, end: dt.datetime) -> Iterator[Any]:
@@ -249,57 +221,43 @@ def iter_bars(conn: Connection, symbol: str, start: dt.datetime, end: dt.datetim
     yield from conn.execution_options(stream_results=True, yield_per=5000).execute(query)
 
 
-def publish_outbox_entries(engine: Engine, publisher: KafkaPublisher,
-                           entries: Sequence[tuple[str, dt.date, str]] | None = None,
-                           limit: int = 500) -> int:
-    """Publish committed symbol-days from the database, then clear their outbox rows.
-
-    A bar is sent at least once: if Kafka fails, the entry stays and the next call
-    resends the whole symbol-day (consumers deduplicate on dedup_key).
-    """
-    with engine.connect() as conn:
-        query = select(OUTBOX.c.symbol, OUTBOX.c.trading_day, OUTBOX.c.source)
-        if entries is not None:
-            if not entries:
-                return 0
-            query = query.where(tuple_(OUTBOX.c.symbol, OUTBOX.c.trading_day, OUTBOX.c.source)
-                                .in_(list(entries)))
-        pending = list(conn.execute(query.order_by(OUTBOX.c.created_at).limit(limit)))
-    sent = 0
-    for symbol, day, source in pending:
-        start, end = day_bounds_utc(day)
-        try:
-            with engine.connect() as conn:
-                for bar in iter_bars(conn, symbol, start, end):
-                    publisher.send_bar(bar.symbol, TIMEFRAME, isoformat_utc(bar.ts), bar.open,
-                                       bar.high, bar.low, bar.close, bar.volume, bar.source)
-                    sent += 1
-            publisher.flush()
-        except Exception as exc:
-            with engine.begin() as conn:
-                conn.execute(OUTBOX.update().where(OUTBOX.c.symbol == symbol,
-                                                   OUTBOX.c.trading_day == day,
-                                                   OUTBOX.c.source == source)
-                             .values(attempts=OUTBOX.c.attempts + 1, last_error=str(exc)[:500]))
-            raise
-        with engine.begin() as conn:
-            conn.execute(delete(OUTBOX).where(OUTBOX.c.symbol == symbol,
-                                              OUTBOX.c.trading_day == day, OUTBOX.c.source == source))
-    return sent
+def record_outbox(conn: Connection, entries: Sequence[OutboxEntry]) -> None:
+    upsert(conn, OUTBOX, [{"symbol": s, "trading_day": d, "source": src, "attempts": 0, "last_error": None}
+                          for s, d, src in entries],
+           keys=("symbol", "trading_day", "source"), updates=("attempts",))
 
 
-def outbox_size(engine: Engine) -> int:
-    with engine.connect() as conn:
-        return conn.execute(select(func.count()).select_from(OUTBOX)).scalar_one()
+def pending_outbox(conn: Connection, entries: Sequence[OutboxEntry] | None, limit: int) -> list[OutboxEntry]:
+    """The oldest outbox entries, all of them or those among `entries`."""
+    query = select(OUTBOX.c.symbol, OUTBOX.c.trading_day, OUTBOX.c.source)
+    if entries is not None:
+        query = query.where(tuple_(OUTBOX.c.symbol, OUTBOX.c.trading_day, OUTBOX.c.source).in_(list(entries)))
+    return [(s, d, src) for s, d, src in conn.execute(query.order_by(OUTBOX.c.created_at).limit(limit))]
+
+
+def _outbox_entry(entry: OutboxEntry) -> Any:
+    symbol, day, source = entry
+    return and_(OUTBOX.c.symbol == symbol, OUTBOX.c.trading_day == day, OUTBOX.c.source == source)
+
+
+def outbox_failed(conn: Connection, entry: OutboxEntry, error: str) -> None:
+    conn.execute(OUTBOX.update().where(_outbox_entry(entry))
+                 .values(attempts=OUTBOX.c.attempts + 1, last_error=error[:500]))
+
+
+def outbox_done(conn: Connection, entry: OutboxEntry) -> None:
+    conn.execute(delete(OUTBOX).where(_outbox_entry(entry)))
+
+
+def outbox_size(conn: Connection) -> int:
+    return conn.execute(select(func.count()).select_from(OUTBOX)).scalar_one()
 
 
 def _rank(column: Any) -> Any:
-    from sqlalchemy import case
-
     return case(SOURCE_RANK, value=column, else_=-1)
 
 
-def upsert_bars(engine: Engine, bars: Iterable[Bar], conn: Connection | None = None) -> int:
+def upsert_bars(conn: Connection, bars: Iterable[Bar]) -> int:
     """Insert bars from REST, stream or snapshot, respecting source precedence.
 
     An existing bar is replaced only by a bar from a source of equal or higher rank
@@ -309,20 +267,15 @@ def upsert_bars(engine: Engine, bars: Iterable[Bar], conn: Connection | None = N
     rows = [bar._asdict() for bar in bars]
     if not rows:
         return 0
-    if conn is not None:
-        return _upsert_bars(conn, rows)
-    with engine.begin() as own:
-        return _upsert_bars(own, rows)
+    return _upsert_bars(conn, rows)
 
 
 def _upsert_bars(conn: Connection, rows: list[dict[str, Any]]) -> int:
     if conn.dialect.name == "postgresql":
         return _upsert_bars_postgres(conn, rows)
-    from sqlalchemy.dialects.sqlite import insert as dialect_insert
-
     written = 0
     for start in range(0, len(rows), 2000):
-        statement = dialect_insert(OHLCV)
+        statement = sqlite.insert(OHLCV)
         excluded = statement.excluded
         statement = statement.on_conflict_do_update(
             index_elements=["symbol", "ts"],

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from typing import overload
 
 PHASES: tuple[str, ...] = ("flatpack", "api", "snapshot", "stream")
 
@@ -78,6 +79,12 @@ def validate_timeframe(text: str) -> str:
     return tf
 
 
+@overload
+def parse_day(value: str | dt.date, name: str = ...) -> dt.date: ...
+@overload
+def parse_day(value: None, name: str = ...) -> None: ...
+@overload
+def parse_day(value: str | dt.date | None, name: str = ...) -> dt.date | None: ...
 def parse_day(value: str | dt.date | None, name: str = "day") -> dt.date | None:
     """A YYYY-MM-DD argument as a date (None stays None); raises InvalidInput."""
     if value is None or isinstance(value, dt.date):
@@ -86,3 +93,19 @@ def parse_day(value: str | dt.date | None, name: str = "day") -> dt.date | None:
         return dt.date.fromisoformat(str(value))
     except ValueError:
         raise InvalidInput(f"{name} {value!r} is not a date (YYYY-MM-DD)") from None
+
+
+def parse_moment(value: str | dt.datetime | None, name: str = "now") -> dt.datetime | None:
+    """An ISO-8601 argument as a UTC datetime, naive meaning UTC (None stays None); raises InvalidInput."""
+    if value is None:
+        return None
+    if isinstance(value, dt.datetime):
+        moment = value
+    else:
+        try:
+            moment = dt.datetime.fromisoformat(str(value))
+        except ValueError:
+            raise InvalidInput(f"{name} {value!r} is not an ISO-8601 timestamp") from None
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=dt.UTC)
+    return moment.astimezone(dt.UTC)

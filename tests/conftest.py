@@ -8,13 +8,17 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from sqlalchemy import create_engine, text
 
 from chronox.db import dispose_engines, get_engine, upgrade
+
+if TYPE_CHECKING:
+    from celery import Celery
 
 PG_ADMIN_URL = os.environ.get("CHRONOX_TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_SERVER = os.environ.get("CHRONOX_TEST_REDIS_SERVER", "redis://127.0.0.1:6379")
@@ -175,12 +179,13 @@ class WorkerProcess:
         self.proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
 
-    def wait_ready(self, app, timeout: float = 60) -> None:  # type: ignore[no-untyped-def]
+    def wait_ready(self, client: Celery, timeout: float = 60) -> None:
+        """Return once this worker answers `client`'s ping (see the celery_client fixture)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"worker exited early:\n{self.log()}")
-            replies = app.control.ping(timeout=1.0)
+            replies = client.control.ping(timeout=1.0)
             if any(self.name in key for reply in replies for key in reply):
                 return
         raise RuntimeError(f"worker not ready in {timeout}s:\n{self.log()}")
@@ -201,35 +206,41 @@ class WorkerProcess:
 
 
 @pytest.fixture
-def start_worker(redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """Start real `celery worker` processes on the Redis broker with the test's environment."""
+def celery_broker(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """This test's Redis database as the Celery broker (and result backend), through the environment."""
     monkeypatch.setenv("CHRONOX_BROKER_URL", redis_url)
+    return redis_url
+
+
+@pytest.fixture
+def celery_client(celery_broker: str) -> Iterator[Celery]:
+    """A Celery client of this test's workers (send_task, control, AsyncResult), made from the
+    environment when first requested: list it after any fixture that moves the broker
+    (tests.faults.servers.private_redis)."""
+    from chronox.celery_app import make_client
+    from chronox.settings import load_settings
+
+    client = make_client(load_settings())
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def start_worker(celery_broker: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                 request: pytest.FixtureRequest) -> Iterator[Callable[..., WorkerProcess]]:
+    """Start real `celery worker` processes on the Redis broker with the test's environment;
+    each is returned once it answers the test's celery_client."""
     monkeypatch.setenv("CHRONOX_TEST_LOG_DIR", str(tmp_path))
     workers: list[WorkerProcess] = []
 
     def start(concurrency: int = 2, queues: str | None = None) -> WorkerProcess:
-        from chronox.celery_app import app
-
-        _reconfigure(app)
+        # Requested now, not at setup: the environment may have moved the broker since.
+        client: Celery = request.getfixturevalue("celery_client")
         worker = WorkerProcess(dict(os.environ), concurrency=concurrency, queues=queues)
         workers.append(worker)
-        worker.wait_ready(app)
+        worker.wait_ready(client)
         return worker
 
     yield start
     for worker in workers:
         worker.stop()
-
-
-def _reconfigure(app) -> None:  # type: ignore[no-untyped-def]
-    """celeryconfig was read at import; point the test process's app at this test's broker."""
-    from chronox.settings import load_settings
-
-    settings = load_settings()
-    app.conf.broker_url = settings.broker_url
-    app.conf.result_backend = settings.result_backend
-    app._backend_cache = None
-    app._local.__dict__.pop("backend", None)
-    app.__dict__.pop("amqp", None)
-    app._pool = None
-    app.__dict__.pop("pool", None)

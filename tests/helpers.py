@@ -37,7 +37,7 @@ def rows_by_symbol_day(url: str) -> dict[tuple[str, str], int]:
             if isinstance(ts, str):
                 ts = dt.datetime.fromisoformat(ts)
             if ts.tzinfo is None:
-                ts = ts.replace(tzinfo=dt.timezone.utc)
+                ts = ts.replace(tzinfo=dt.UTC)
             key = (symbol, ts.astimezone(NEW_YORK).date().isoformat())
             out[key] = out.get(key, 0) + 1
     return out

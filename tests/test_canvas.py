@@ -6,8 +6,9 @@ from chronox import registry
 from chronox.backfill import plan_run
 from chronox.db import get_engine
 from chronox.rest import SKIP_WARNING
+from chronox.runner import inline_steps, run_inline
 from chronox.settings import load_settings
-from chronox.tasks.backfill import FINALIZE_BATCH, compact_specs, expand_specs, inline_steps, run_inline
+from chronox.tasks.workflow import FINALIZE_BATCH, compact_specs, expand_specs
 from tests.conftest import DAYS
 from tests.helpers import rows_by_symbol_day, write_days
 
@@ -43,8 +44,8 @@ def test_without_a_provider_rest_steps_are_left_out_and_finalizes_are_batched(sq
     engine = get_engine(sqlite_url)
     for symbol in [*FLAT, "CVAPI"]:
         row = registry.get_symbol(engine, symbol)
-        assert (row["status"], row["last_backfill"], row["error_message"]) == \
-            ("completed", DAYS[1].isoformat(), SKIP_WARNING), row
+        assert (row.status, row.last_backfill, row.error_message) == \
+            ("completed", DAYS[1], SKIP_WARNING), row
 
 
 def test_with_a_provider_every_symbol_gets_its_rest_steps(sqlite_url, flatfiles, monkeypatch):

@@ -138,9 +138,9 @@ def test_demo_runs_offline_and_is_repeatable(tmp_path):
     # REST phases offline through the replay provider: BRK.B (api+snapshot) has no flat-file
     # phase, so its whole window is gaps the api phase fills from the day files
     assert "REPLAY provider (CHRONOX_PROVIDER=replay)" in out
-    from chronox.sample import day_rows
-    from chronox.cli import DEMO_END, DEMO_START
     from chronox.calendar import trading_days
+    from chronox.cli import DEMO_END, DEMO_START
+    from chronox.sample import day_rows
 
     days = trading_days(DEMO_START, DEMO_END)
     assert count(url, "SELECT count(*) FROM coverage WHERE symbol = 'BRK.B' AND source = 'api'") == len(days)

@@ -1,6 +1,5 @@
 """End to end: real Celery workers on the Redis broker, PostgreSQL, the mock Kafka broker,
 flat files from a local directory and from S3 (moto's server)."""
-import datetime as dt
 import gzip
 import json
 import os
@@ -46,8 +45,8 @@ def assert_end_state(url, kafka, symbols, expected, quarantined):
     for s in symbols:
         row = registry.get_symbol(engine, s)
         # flat files only (no POLYGON_API_KEY): the REST steps were skipped, which the row says
-        assert (row["status"], row["last_backfill"], row["error_message"]) == \
-            ("completed", DAYS[-1].isoformat(), SKIP_WARNING)
+        assert (row.status, row.last_backfill, row.error_message) == \
+            ("completed", DAYS[-1], SKIP_WARNING)
         envelopes = kafka.json_messages(f"chronox.backfill.{s}")
         bars = [e for e in envelopes if e["event"] == "bar"]
         assert len(bars) == sum(expected[(s, d)] for d in DAYS)
@@ -56,7 +55,7 @@ def assert_end_state(url, kafka, symbols, expected, quarantined):
         assert done["rows"] == len(bars) and done["days"] == len(DAYS)
 
 
-def test_registry_execute_on_real_workers_from_a_local_directory(pg_url, flatfiles, kafka, start_worker):
+def test_registry_execute_on_real_workers_from_a_local_directory(pg_url, flatfiles, kafka, start_worker, celery_client):
     symbols = ["E2A", "E2B"]
     expected = write_days(flatfiles, DAYS, symbols + ["OTHER"])
     add_bad_row(flatfiles, DAYS[1], "E2A")
@@ -65,16 +64,14 @@ def test_registry_execute_on_real_workers_from_a_local_directory(pg_url, flatfil
     registry.add_symbol(engine, "E2B", "flatpack")
     registry.add_symbol(engine, "E2OFF", "flatpack", enabled=False)
     start_worker(concurrency=2)
-    from chronox.celery_app import app
-
-    result = app.send_task("chronox.registry.execute",
-                           kwargs={"symbols": None, "start": DAYS[0].isoformat(), "end": DAYS[-1].isoformat()})
+    result = celery_client.send_task("chronox.registry.execute", kwargs={
+        "symbols": None, "start": DAYS[0].isoformat(), "end": DAYS[-1].isoformat()})
     plan = result.get(timeout=60)
     assert sorted(s["symbol"] for s in plan["symbols"]) == symbols
     assert list(plan["days"]) == [d.isoformat() for d in DAYS]
     assert wait_for_status(pg_url, symbols) == {"E2A": "completed", "E2B": "completed"}
     assert_end_state(pg_url, kafka, symbols, expected, quarantined=1)
-    assert registry.get_symbol(engine, "E2OFF")["status"] == "idle"
+    assert registry.get_symbol(engine, "E2OFF").status == "idle"
 
 
 @pytest.fixture
@@ -105,7 +102,7 @@ def s3_flatfiles(tmp_path, monkeypatch):
     server.stop()
 
 
-def test_backfill_through_celery_call_from_s3(pg_url, s3_flatfiles, kafka, start_worker):
+def test_backfill_through_celery_call_from_s3(pg_url, s3_flatfiles, kafka, start_worker, celery_client):
     symbols = ["S3A"]
     expected = s3_flatfiles(DAYS, symbols + ["S3OTHER"])
     registry.add_symbol(get_engine(pg_url), "S3A", "flatpack")
@@ -119,9 +116,7 @@ def test_backfill_through_celery_call_from_s3(pg_url, s3_flatfiles, kafka, start
     task_id = proc.stdout.strip()
     assert wait_for_status(pg_url, symbols) == {"S3A": "completed"}, worker.log()
     assert_end_state(pg_url, kafka, symbols, expected, quarantined=0)
-    from chronox.celery_app import app
-
-    result = app.AsyncResult(task_id).get(timeout=30)
+    result = celery_client.AsyncResult(task_id).get(timeout=30)
     assert result["days"] == {d.isoformat(): ["S3A"] for d in DAYS}
     assert "test-secret-key" not in worker.log()
 

@@ -33,7 +33,7 @@ def test_reads_polygon_rows_and_converts_nanoseconds_to_the_window_start():
     assert (row.symbol, row.open, row.high, row.low, row.close, row.volume, row.transactions) == \
         ("AAPL", 200.29, 200.63, 200.29, 200.5, 4930.0, 129)
     # 09:30 New York on 2024-01-02 is 14:30 UTC
-    assert reader.minute_times[row.minute] == dt.datetime(2024, 1, 2, 14, 30, tzinfo=dt.timezone.utc)
+    assert reader.minute_times[row.minute] == dt.datetime(2024, 1, 2, 14, 30, tzinfo=dt.UTC)
     assert reader.minute_iso[row.minute] == "2024-01-02T14:30:00Z"
 
 

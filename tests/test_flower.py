@@ -33,8 +33,8 @@ def get_json(url: str, user: str, password: str):
     return json.loads(get_text(url, user, password))
 
 
-def test_flower_lists_a_backfill_with_names_arguments_and_states(pg_url, flatfiles, start_worker, tmp_path,
-                                                                 monkeypatch):
+def test_flower_lists_a_backfill_with_names_arguments_and_states(pg_url, flatfiles, start_worker, celery_client,
+                                                                 tmp_path, monkeypatch):
     # the replay provider answers REST from the flat files, so the symbol's chain has its REST tasks
     monkeypatch.setenv("CHRONOX_PROVIDER", "replay")
     write_days(flatfiles, DAYS[:2], ["FLA"])
@@ -57,10 +57,8 @@ def test_flower_lists_a_backfill_with_names_arguments_and_states(pg_url, flatfil
                     raise AssertionError((tmp_path / "flower.log").read_text())
                 time.sleep(0.3)
         start_worker(concurrency=2)
-        from chronox.celery_app import app
-
-        run = app.send_task("chronox.backfill", args=["FLA"],
-                            kwargs={"start": DAYS[0].isoformat(), "end": DAYS[1].isoformat()})
+        run = celery_client.send_task("chronox.backfill", args=["FLA"],
+                                      kwargs={"start": DAYS[0].isoformat(), "end": DAYS[1].isoformat()})
         assert wait_for_status(pg_url, ["FLA"]) == {"FLA": "completed"}
         deadline = time.monotonic() + 20
         while True:

@@ -16,8 +16,8 @@ from chronox.calendar import NEW_YORK, day_bounds_utc
 from chronox.cli import cli
 from chronox.db import get_engine
 from chronox.gaps import fill_window, find_gaps, last_complete_day, windows
+from chronox.runner import inline_steps, run_inline
 from chronox.settings import load_settings
-from chronox.tasks.backfill import inline_steps, run_inline
 from tests.helpers import rows_by_symbol_day, write_days
 from tests.rest_support import polygon, rest_db, serve_days  # noqa: F401
 
@@ -125,7 +125,7 @@ def test_api_phase_fills_the_gaps_and_a_rerun_adds_nothing(rest_db, flatfiles, p
     assert coverage == {(d, "flatpack", flat[(symbol, d)]) for d in FLAT_DAYS} | \
         {(d, "api", served[d]) for d in GAP_DAYS}
     row = registry.get_symbol(engine, symbol)
-    assert (row["status"], row["last_backfill"], row["error_message"]) == ("completed", "2024-12-03", None)
+    assert (row.status, row.last_backfill, row.error_message) == ("completed", D(2024, 12, 3), None)
     envelopes = kafka.json_messages(f"chronox.backfill.{symbol}", timeout_ms=1500)
     api_bars = [e for e in envelopes if e["event"] == "bar" and e["source"] == "api" and e["tf"] == "1m"]
     assert len(api_bars) == sum(served[d] for d in GAP_DAYS)

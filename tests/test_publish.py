@@ -3,8 +3,8 @@ import datetime as dt
 
 import pytest
 
-from chronox.backfill import drain_outbox, finalize_symbol, load_day
 from chronox import registry
+from chronox.backfill import drain_outbox, finalize_symbol, load_day
 from chronox.db import get_engine
 from chronox.settings import load_settings
 from tests.helpers import count, write_days

@@ -13,9 +13,9 @@ from chronox import registry
 from chronox.backfill import plan_run, run_summary
 from chronox.db import get_engine
 from chronox.rest import SKIP_WARNING
+from chronox.runner import inline_steps, run_inline
 from chronox.settings import load_settings
 from chronox.snapshot import refresh
-from chronox.tasks.backfill import inline_steps, run_inline
 from tests.helpers import count, rows_by_symbol_day, write_days
 from tests.rest_support import KEY, polygon, polygon_daily_bar, rest_db, rest_pg  # noqa: F401
 
@@ -64,7 +64,7 @@ def test_flatpack_loads_reference_actions_and_daily_bars_before_minute_bars(rest
             [(d, b["o"], b["c"], b["v"], "api") for d, b in ((d, polygon_daily_bar(d, symbol)) for d in DAYS)]
     assert rows_by_symbol_day(rest_db) == {(symbol, d.isoformat()): flat[(symbol, d)] for d in DAYS}
     row = registry.get_symbol(get_engine(rest_db), symbol)
-    assert (row["status"], row["error_message"]) == ("completed", None)
+    assert (row.status, row.error_message) == ("completed", None)
     daily_events = [e for e in kafka.json_messages(f"chronox.backfill.{symbol}", timeout_ms=1500) if e.get("tf") == "1d"]
     assert len(daily_events) == 2 * len(DAYS)  # each run publishes its bars
     assert daily_events[0]["dedup_key"] == f"{symbol}|1d|2024-01-02T05:00:00Z"
@@ -83,7 +83,7 @@ def test_without_a_key_rest_steps_are_skipped_with_a_warning_and_flat_files_stil
     assert [(r["step"], r["symbols"], r["skipped"]) for r in skipped] == [("REST steps", ["NOKEY"], SKIP_WARNING)]
     assert rows_by_symbol_day(rest_db) == {("NOKEY", d.isoformat()): flat[("NOKEY", d)] for d in DAYS}
     row = registry.get_symbol(get_engine(rest_db), "NOKEY")
-    assert (row["status"], row["last_backfill"], row["error_message"]) == ("completed", "2024-01-04", SKIP_WARNING)
+    assert (row.status, row.last_backfill, row.error_message) == ("completed", dt.date(2024, 1, 4), SKIP_WARNING)
     info = run_summary(load_settings(), ["NOKEY"])["symbols"]["NOKEY"]
     assert (info["status"], info["error"], info["warning"]) == ("completed", None, SKIP_WARNING)
     assert count(rest_db, "SELECT count(*) FROM ticker_details") == 0
@@ -110,12 +110,12 @@ def test_replay_provider_runs_the_api_and_snapshot_phases_offline(rest_db, flatf
     cached = json.loads(redis.Redis.from_url(redis_url).get("latest_price:RPLA"))
     assert (cached["price"], cached["method"], cached["event"]) == (last[3], "snapshot", "snapshot")
     for symbol in ("RPLA", "RPLB"):
-        assert registry.get_symbol(engine, symbol)["status"] == "completed"
+        assert registry.get_symbol(engine, symbol).status == "completed"
     # a day without a file is not answered as "no trades": it stays a gap
     from chronox.gaps import fill_window
-    from chronox.sources.polygon import PolygonError
+    from chronox.sources.base import ProviderError
 
-    with pytest.raises(PolygonError, match="replay provider has no day file for 2024-01-05"):
+    with pytest.raises(ProviderError, match="replay provider has no day file for 2024-01-05"):
         fill_window(load_settings(), "RPLA", "2024-01-05", "2024-01-05")
     assert count(rest_db, "SELECT count(*) FROM coverage WHERE trading_day > '2024-01-04'") == 0
 
@@ -132,12 +132,12 @@ def test_snapshot_is_stored_cached_mirrored_published_and_stamped(rest_pg, polyg
     subscriber = redis.Redis.from_url(redis_url).pubsub()
     subscriber.subscribe(f"chronox.snapshot.{symbol}")
     subscriber.get_message(timeout=1)
-    before = dt.datetime.now(dt.timezone.utc)
+    before = dt.datetime.now(dt.UTC)
     outcome = refresh(load_settings(), [symbol], method)
     assert (outcome["stored"], outcome["missing"], outcome["method"]) == (1, [], method)
     [(price, ts, stored_method)] = rows(rest_pg, "SELECT price, ts, method FROM snapshot_latest")
     assert (price, stored_method) == (11.75, method)
-    assert ts == dt.datetime.fromtimestamp((now_ms - 60_000) / 1000, dt.timezone.utc)
+    assert ts == dt.datetime.fromtimestamp((now_ms - 60_000) / 1000, dt.UTC)
     client = redis.Redis.from_url(redis_url)
     event = json.loads(client.get(f"latest_price:{symbol}"))
     assert 0 < client.ttl(f"latest_price:{symbol}") <= 60
@@ -146,9 +146,8 @@ def test_snapshot_is_stored_cached_mirrored_published_and_stamped(rest_pg, polyg
     mirrored = subscriber.get_message(timeout=5)
     assert json.loads(mirrored["data"]) == event
     assert kafka.json_messages(f"chronox.snapshot.{symbol}", timeout_ms=1500) == [event]
-    stamped = dt.datetime.fromisoformat(registry.get_symbol(get_engine(rest_pg), symbol)["last_snapshot"]
-                                        .replace("Z", "+00:00"))
-    assert before <= stamped <= dt.datetime.now(dt.timezone.utc)
+    stamped = registry.get_symbol(get_engine(rest_pg), symbol).last_snapshot
+    assert before <= stamped <= dt.datetime.now(dt.UTC)
     expected_path = {"snapshot": "/v2/snapshot/locale/us/markets/stocks/tickers",
                      "agg": f"/v2/aggs/ticker/{symbol}/range/1/minute", "rest": f"/v2/last/trade/{symbol}"}
     assert [r.path.startswith(expected_path[method]) for r in polygon.requests] == [True]
@@ -196,12 +195,12 @@ def test_permanent_errors_fail_with_a_clear_message_on_the_registry(rest_db, fla
     errors = {r["task"] if "task" in r else "soft": r["error"] for r in results if isinstance(r, dict) and r.get("error")}
     assert set(errors) == {"soft", "chronox.rest.api_gaps"}
     a, b = registry.get_symbol(engine, "PERMA"), registry.get_symbol(engine, "PERMB")
-    assert a["status"] == "error" and a["error_message"].startswith(
+    assert a.status == "error" and a.error_message.startswith(
         "chronox.rest.reference failed: PolygonError: Polygon answered 404 (Ticker not found.) for "
         "/v3/reference/tickers/PERMA")
     # in-process, the window's failure also fails the api phase task that ran it
-    assert b["status"] == "error" and b["error_message"].startswith("chronox.rest.api_")
-    assert "failed: PolygonError: malformed response to minute aggregates of PERMB" in b["error_message"]
+    assert b.status == "error" and b.error_message.startswith("chronox.rest.api_")
+    assert "failed: PolygonError: malformed response to minute aggregates of PERMB" in b.error_message
     # the shared day load went on for both symbols
     assert rows_by_symbol_day(rest_db) == {(s, DAYS[0].isoformat()): flat[(s, DAYS[0])] for s in ("PERMA", "PERMB")}
-    assert KEY not in json.dumps(results) + a["error_message"] + b["error_message"]
+    assert KEY not in json.dumps(results) + a.error_message + b.error_message

@@ -17,7 +17,8 @@ pytestmark = pytest.mark.timeout(180)
 D = dt.date
 
 
-def test_rate_limit_holds_across_two_worker_processes(rest_pg, polygon, start_worker, redis_url, monkeypatch):
+def test_rate_limit_holds_across_two_worker_processes(rest_pg, polygon, start_worker, celery_client, redis_url,
+                                                      monkeypatch):
     limit, window = 3, 1.5
     monkeypatch.setenv("CHRONOX_REDIS_URL", redis_url)
     monkeypatch.setenv("CHRONOX_POLYGON_RATE_LIMIT", str(limit))
@@ -31,11 +32,9 @@ def test_rate_limit_holds_across_two_worker_processes(rest_pg, polygon, start_wo
     # on the shared queue alone one worker may prefetch every task.
     own_queues = ["rl.first", "rl.second"]
     workers = [start_worker(concurrency=2, queues=f"chronox.rest,{q}") for q in own_queues]
-    from chronox.celery_app import app
-
     started = time.monotonic()
-    results = [app.send_task("chronox.snapshot.batch", kwargs={"symbols": [s], "method": "rest"},
-                             queue=own_queues[i % 2]) for i, s in enumerate(symbols)]
+    results = [celery_client.send_task("chronox.snapshot.batch", kwargs={"symbols": [s], "method": "rest"},
+                                       queue=own_queues[i % 2]) for i, s in enumerate(symbols)]
     outcomes = [r.get(timeout=120) for r in results]
     elapsed = time.monotonic() - started
     assert [o["stored"] for o in outcomes] == [1] * len(symbols)
@@ -49,7 +48,8 @@ def test_rate_limit_holds_across_two_worker_processes(rest_pg, polygon, start_wo
     assert count(rest_pg, "SELECT count(*) FROM snapshot_latest") == len(symbols)
 
 
-def test_retries_honour_retry_after_and_stop_at_their_limit(rest_pg, polygon, start_worker, monkeypatch):
+def test_retries_honour_retry_after_and_stop_at_their_limit(rest_pg, polygon, start_worker, celery_client,
+                                                            monkeypatch):
     monkeypatch.setenv("CHRONOX_POLYGON_MAX_RETRIES", "2")
     day = D(2024, 3, 5)
     serve_days(polygon, "RETRY", [day])
@@ -57,10 +57,8 @@ def test_retries_honour_retry_after_and_stop_at_their_limit(rest_pg, polygon, st
     polygon.inject("/v2/aggs", "429", retry_after=2)
     polygon.inject("/v2/aggs", "500", count=10)
     worker = start_worker(concurrency=1)
-    from chronox.celery_app import app
-
-    result = app.send_task("chronox.rest.api_window", kwargs={"symbol": "RETRY", "start": day.isoformat(),
-                                                              "end": day.isoformat()})
+    result = celery_client.send_task("chronox.rest.api_window", kwargs={"symbol": "RETRY", "start": day.isoformat(),
+                                                                        "end": day.isoformat()})
     result.get(timeout=60, propagate=False)
     assert result.state == "FAILURE"
     attempts = [r for r in polygon.requests if r.path.startswith("/v2/aggs")]
@@ -68,15 +66,15 @@ def test_retries_honour_retry_after_and_stop_at_their_limit(rest_pg, polygon, st
     assert attempts[1].time - attempts[0].time >= 2.0  # Retry-After honoured
     assert wait_for_status(rest_pg, ["RETRY"], timeout=20) == {"RETRY": "error"}  # on_failure runs after the result
     row = registry.get_symbol(get_engine(rest_pg), "RETRY")
-    assert row["error_message"].startswith("chronox.rest.api_window failed: TransientPolygonError: "
+    assert row.error_message.startswith("chronox.rest.api_window failed: TransientPolygonError: "
                                            "Polygon answered 500 (Internal server error) for /v2/aggs/ticker/RETRY/")
-    assert row["error_message"].endswith("(gave up after 2 retries)")
+    assert row.error_message.endswith("(gave up after 2 retries)")
     assert count(rest_pg, "SELECT count(*) FROM ohlcv_1m") == 0
-    assert KEY not in worker.log() and KEY not in str(result.traceback) and KEY not in row["error_message"]
+    assert KEY not in worker.log() and KEY not in str(result.traceback) and KEY not in row.error_message
 
 
 def test_registry_run_fills_gap_windows_on_workers_and_one_bad_symbol_stops_no_other(
-        rest_pg, flatfiles, polygon, start_worker, monkeypatch):
+        rest_pg, flatfiles, polygon, start_worker, celery_client, monkeypatch):
     days = [D(2024, 11, 22), D(2024, 11, 25), D(2024, 11, 26), D(2024, 11, 27), D(2024, 11, 29),
             D(2024, 12, 2), D(2024, 12, 3)]
     flat_days = [D(2024, 11, 22), D(2024, 11, 26), D(2024, 11, 27), D(2024, 12, 2)]
@@ -89,10 +87,8 @@ def test_registry_run_fills_gap_windows_on_workers_and_one_bad_symbol_stops_no_o
     registry.add_symbol(engine, "WIN", "flatpack+api+snapshot")
     registry.add_symbol(engine, "BAD", "flatpack")  # no ticker details: Polygon answers 404
     worker = start_worker(concurrency=3)
-    from chronox.celery_app import app
-
-    app.send_task("chronox.registry.execute", kwargs={"symbols": None, "start": days[0].isoformat(),
-                                                      "end": days[-1].isoformat()}).get(timeout=60)
+    celery_client.send_task("chronox.registry.execute", kwargs={"symbols": None, "start": days[0].isoformat(),
+                                                                "end": days[-1].isoformat()}).get(timeout=60)
     assert wait_for_status(rest_pg, ["WIN", "BAD"]) == {"WIN": "completed", "BAD": "error"}, worker.log()
     expected = {("WIN", d.isoformat()): flat[("WIN", d)] for d in flat_days}
     expected.update({("WIN", d.isoformat()): served[d] for d in gap_days})
@@ -101,6 +97,6 @@ def test_registry_run_fills_gap_windows_on_workers_and_one_bad_symbol_stops_no_o
     assert count(rest_pg, "SELECT count(*) FROM coverage WHERE symbol = 'WIN' AND source = 'api'") == 3
     window_tasks = worker.log().count("Task chronox.rest.api_window[")
     assert window_tasks >= 3  # received and succeeded lines of three window tasks
-    assert registry.get_symbol(engine, "WIN")["last_backfill"] == "2024-12-03"
+    assert registry.get_symbol(engine, "WIN").last_backfill == D(2024, 12, 3)
     assert count(rest_pg, "SELECT count(*) FROM snapshot_latest WHERE symbol = 'WIN' AND price = 1234.5") == 1
-    assert "404" in registry.get_symbol(engine, "BAD")["error_message"]
+    assert "404" in registry.get_symbol(engine, "BAD").error_message

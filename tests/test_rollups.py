@@ -6,13 +6,13 @@ import random
 import uuid
 
 import pytest
-from alembic import command
 from sqlalchemy import DateTime, bindparam, create_engine, insert, inspect, text
 
+from alembic import command
 from chronox.db import alembic_config, dispose_engines, get_engine, upgrade
 from chronox.models import Ohlcv1m
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 VIEWS = ("ohlcv_5m", "ohlcv_15m", "ohlcv_1h")
 COLUMNS = "symbol, bucket, open, high, low, close, volume, bars"
 
@@ -21,8 +21,8 @@ def utc(stamp: str) -> dt.datetime:
     return dt.datetime.strptime(stamp, "%Y-%m-%d %H:%M").replace(tzinfo=UTC)
 
 
-def bar(symbol: str, stamp: str, o: float, h: float, l: float, c: float, v: float) -> dict:
-    return {"symbol": symbol, "ts": utc(stamp), "open": o, "high": h, "low": l, "close": c,
+def bar(symbol: str, stamp: str, o: float, h: float, low: float, c: float, v: float) -> dict:
+    return {"symbol": symbol, "ts": utc(stamp), "open": o, "high": h, "low": low, "close": c,
             "volume": v, "vwap": None, "transactions": 1, "source": "flatpack"}
 
 
@@ -160,7 +160,7 @@ def test_views_agree_with_a_reference_rollup(db_url):
                                    rng.uniform(low, low + 2), rng.randrange(1, 10_000)),
                              "ts": start + dt.timedelta(minutes=minute)})
     insert_bars(db_url, rows)
-    for view, minutes in zip(VIEWS, (5, 15, 60)):
+    for view, minutes in zip(VIEWS, (5, 15, 60), strict=True):
         assert view_rows(db_url, view, ("RLUPC", "RLUPD")) == reference_rollup(rows, minutes), view
 
 
@@ -207,7 +207,7 @@ def test_downgrade_drops_the_views_and_upgrade_recreates_them(private_url):
             revision = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
             return set(inspector.get_view_names()), set(inspector.get_table_names()), revision
 
-    upgrade(private_url)
+    upgrade(private_url, "0003")
     insert_bars(private_url, BARS)
     views, tables, revision = state()
     assert (views, revision) == (set(VIEWS), "0003") and "ohlcv_1m" in tables
@@ -216,7 +216,7 @@ def test_downgrade_drops_the_views_and_upgrade_recreates_them(private_url):
     views, tables, revision = state()
     assert (views, revision) == (set(), "0002") and "ohlcv_1m" in tables
 
-    upgrade(private_url)
+    upgrade(private_url, "0003")
     views, tables, revision = state()
     assert (views, revision) == (set(VIEWS), "0003")
     # The minute bars outlived the views, and the recreated views roll them up again.

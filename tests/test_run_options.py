@@ -75,7 +75,7 @@ def test_publish_mode_reaches_the_day_load_in_process(pg_url, flatfiles, monkeyp
     assert code == 0, out
     assert count(pg_url, "SELECT count(*) FROM ohlcv_1m WHERE symbol = 'RODB'") == expected[("RODB", DAY)]
     assert count(pg_url, "SELECT count(*) FROM publish_outbox WHERE symbol = 'RODB'") == 1
-    assert registry.get_symbol(get_engine(pg_url), "RODB")["status"] == "completed"
+    assert registry.get_symbol(get_engine(pg_url), "RODB").status == "completed"
 
 
 def test_no_stream_and_throttle_in_process(sqlite_url, flatfiles, kafka):

@@ -12,7 +12,7 @@ from chronox.scheduling import gap_scan
 from chronox.settings import load_settings
 from chronox.store import COVERAGE, upsert
 
-NOW = dt.datetime(2024, 1, 5, 12, 0, tzinfo=dt.timezone.utc)  # Jan 2-4 complete, Jan 5 still trading
+NOW = dt.datetime(2024, 1, 5, 12, 0, tzinfo=dt.UTC)  # Jan 2-4 complete, Jan 5 still trading
 
 
 def beat_schedule():
@@ -114,7 +114,7 @@ def test_schedule_and_status_commands(sqlite_url, flatfiles, monkeypatch):
     engine = get_engine(sqlite_url)
     registry.add_symbol(engine, "TRG", "flatpack")
     registry.add_symbol(engine, "BAD", "flatpack")
-    registry.set_status(engine, ["BAD"], "error", error_message="boom")
+    registry.fail(engine, ["BAD"], "boom")
     monkeypatch.setattr("chronox.gaps.last_complete_day", lambda now=None: dt.date(2024, 1, 3))
     run = CliRunner().invoke(cli, ["schedule", "trigger", "nightly_gap_scan"])
     assert run.exit_code == 0, run.output
@@ -124,8 +124,8 @@ def test_schedule_and_status_commands(sqlite_url, flatfiles, monkeypatch):
     assert count(sqlite_url, "SELECT count(*) FROM ohlcv_1m WHERE symbol = 'TRG'") == sum(expected.values())
     status = _json.loads(CliRunner().invoke(cli, ["status", "--json"]).output)
     assert status["by_status"]["completed"] == 2 and status["errors"] == []  # BAD's rerun cleared it
-    registry.set_status(engine, ["BAD"], "error", error_message="boom")
-    registry.set_status(engine, ["TRG"], "error", error_message="stream stale: last bar 2024-01-03T20:59:00Z (5 min ago)")
+    registry.fail(engine, ["BAD"], "boom")
+    registry.mark_stale(engine, ["TRG"], "last bar 2024-01-03T20:59:00Z (5 min ago)")
     status = _json.loads(CliRunner().invoke(cli, ["status", "--json"]).output)
     assert status["by_status"]["error"] == 2
     assert status["errors"] == [{"symbol": "BAD", "error_message": "boom"}]

@@ -6,11 +6,12 @@ import pytest
 from sqlalchemy import event, text
 
 from chronox import registry
-from chronox.backfill import load_day
+from chronox.backfill import load_day, load_flat_day
 from chronox.db import get_engine
+from chronox.delivery import Delivery
 from chronox.settings import load_settings
 from chronox.sources.flatfiles import DayFileReader, FlatFileError, relative_path
-from chronox.store import OHLCV, load_flat_day
+from chronox.store import OHLCV
 from tests.helpers import count, rows_by_symbol_day, write_days
 
 DAY = dt.date(2024, 1, 2)
@@ -49,7 +50,7 @@ def test_flat_file_replaces_rest_bars_of_the_same_day(db_url, flatfiles):
     expected = write_days(flatfiles, [DAY], ["AAPL"])
     with get_engine(db_url).begin() as conn:
         # 05:00 New York, a pre-market minute the sample file has no trade in
-        conn.execute(OHLCV.insert().values(symbol="AAPL", ts=dt.datetime(2024, 1, 2, 10, 0, 30, tzinfo=dt.timezone.utc),
+        conn.execute(OHLCV.insert().values(symbol="AAPL", ts=dt.datetime(2024, 1, 2, 10, 0, 30, tzinfo=dt.UTC),
                                            open=1, high=1, low=1, close=1, volume=1, source="api"))
         conn.execute(text("INSERT INTO coverage (symbol, trading_day, source, rows) VALUES ('AAPL', :d, 'api', 1)"),
                      {"d": DAY})
@@ -76,8 +77,8 @@ def test_truncated_file_commits_nothing_and_marks_the_symbols(db_url, flatfiles)
     # the earlier complete load is untouched: the failed reload rolled back its DELETE too
     assert count(db_url, "SELECT count(*) FROM ohlcv_1m") == loaded
     assert count(db_url, "SELECT count(*) FROM quarantine WHERE reason LIKE '%truncated gzip%'") == 1
-    assert registry.get_symbol(engine, "AAPL")["status"] == "error"
-    assert "truncated gzip" in registry.get_symbol(engine, "MSFT")["error_message"]
+    assert registry.get_symbol(engine, "AAPL").status == "error"
+    assert "truncated gzip" in registry.get_symbol(engine, "MSFT").error_message
 
 
 def test_truncated_file_on_first_load_leaves_no_rows(db_url, flatfiles):
@@ -88,7 +89,7 @@ def test_truncated_file_on_first_load_leaves_no_rows(db_url, flatfiles):
     with open(path, "rb") as raw:
         reader = DayFileReader(raw, DAY, ["AAPL"], str(path))
         with pytest.raises(FlatFileError):
-            load_flat_day(engine, reader, ["AAPL"])
+            load_flat_day(Delivery(load_settings(), engine), reader, ["AAPL"])
     assert reader.stats.rows_read > 100  # rows were read and sent before the failure...
     assert count(db_url, "SELECT count(*) FROM ohlcv_1m") == 0  # ...and none were committed
     assert count(db_url, "SELECT count(*) FROM coverage") == 0
@@ -132,13 +133,18 @@ def test_postgres_day_load_uses_copy_not_inserts(pg_url, flatfiles):
 def _bar(ts_minute, source, price):
     from chronox.bars import Bar
 
-    ts = dt.datetime(2024, 1, 2, 15, 0, tzinfo=dt.timezone.utc) + dt.timedelta(minutes=ts_minute)
+    ts = dt.datetime(2024, 1, 2, 15, 0, tzinfo=dt.UTC) + dt.timedelta(minutes=ts_minute)
     return Bar("AAPL", ts, price, price, price, price, 10.0, price, 3, source)
 
 
-def test_upsert_bars_respects_source_precedence(db_url):
-    from chronox.store import upsert_bars
+def upsert_bars(engine, bars):
+    from chronox.store import upsert_bars as upsert
 
+    with engine.begin() as conn:
+        return upsert(conn, bars)
+
+
+def test_upsert_bars_respects_source_precedence(db_url):
     engine = get_engine(db_url)
     assert upsert_bars(engine, [_bar(0, "flatpack", 10.0), _bar(1, "stream", 20.0)]) == 2
     # api never overwrites flatpack, but does replace stream; snapshot fills a hole only
@@ -157,7 +163,7 @@ def test_postgres_reload_rewrites_only_changed_symbols(pg_url, flatfiles):
         # an extra bar (as if from another source) and a changed price: both must be undone
         conn.execute(text("UPDATE ohlcv_1m SET close = close + 1 WHERE symbol = 'MSFT' AND ts = "
                           "(SELECT min(ts) FROM ohlcv_1m WHERE symbol = 'MSFT')"))
-        conn.execute(OHLCV.insert().values(symbol="IBM", ts=dt.datetime(2024, 1, 2, 15, 0, tzinfo=dt.timezone.utc),
+        conn.execute(OHLCV.insert().values(symbol="IBM", ts=dt.datetime(2024, 1, 2, 15, 0, tzinfo=dt.UTC),
                                            open=1, high=1, low=1, close=1, volume=1, source="api"))
         xmin_aapl = conn.execute(text("SELECT max(xmin::text::bigint) FROM ohlcv_1m WHERE symbol = 'AAPL'")).scalar()
     load_day(settings, DAY.isoformat(), ["AAPL", "MSFT", "IBM"])
@@ -175,8 +181,6 @@ def test_postgres_reload_rewrites_only_changed_symbols(pg_url, flatfiles):
 
 
 def test_upsert_bars_keeps_the_best_of_duplicates_within_a_batch(db_url):
-    from chronox.store import upsert_bars
-
     engine = get_engine(db_url)
     upsert_bars(engine, [_bar(0, "stream", 1.0), _bar(0, "stream", 2.0), _bar(1, "api", 5.0), _bar(1, "stream", 6.0)])
     with engine.connect() as conn:

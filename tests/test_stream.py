@@ -33,7 +33,7 @@ pytestmark = pytest.mark.timeout(90)
 
 M0 = 1_704_205_800_000  # 2024-01-02 14:30 UTC (09:30 New York)
 M1 = M0 + 60_000
-UTC = dt.timezone.utc
+UTC = dt.UTC
 
 
 def unique(prefix: str) -> str:
@@ -154,7 +154,7 @@ def test_am_events_land_in_the_database_and_on_kafka(db_url, kafka, polygon, sta
     registry.add_symbol(engine, b, "snapshot+stream")
     registry.add_symbol(engine, flat, "flatpack")
     registry.add_symbol(engine, off, "stream", enabled=False)
-    registry.set_status(engine, [b], "error", error_message="stream stale: last bar 2024-01-02T14:00:00Z (30 min ago)")
+    registry.mark_stale(engine, [b], "last bar 2024-01-02T14:00:00Z (30 min ago)")
     with engine.begin() as conn:  # a flat-file bar the stream must not overwrite
         conn.execute(OHLCV.insert().values(symbol=a, ts=dt.datetime(2024, 1, 2, 14, 31, tzinfo=UTC), open=1, high=2,
                                            low=0.5, close=1.5, volume=10, transactions=7, source="flatpack"))
@@ -186,11 +186,11 @@ def test_am_events_land_in_the_database_and_on_kafka(db_url, kafka, polygon, sta
                             "dedup_key": f"{a}|1m|2024-01-02T14:30:00Z"}
     assert [e["ts"] for e in kafka.json_messages(f"chronox.stream.{b}")] == ["2024-01-02T14:30:00Z"]
 
-    rows = wait_until(lambda: {r["symbol"]: r for r in registry.list_symbols(engine)}
-                      if registry.get_symbol(engine, b)["last_stream"] else None, what="last_stream")
-    assert rows[a]["last_stream"] and rows[b]["last_stream"]
-    assert rows[flat]["last_stream"] is None and rows[off]["last_stream"] is None
-    assert (rows[b]["status"], rows[b]["error_message"]) == ("completed", None)  # stale flag cleared
+    rows = wait_until(lambda: {r.symbol: r for r in registry.list_symbols(engine)}
+                      if registry.get_symbol(engine, b).last_stream else None, what="last_stream")
+    assert rows[a].last_stream and rows[b].last_stream
+    assert rows[flat].last_stream is None and rows[off].last_stream is None
+    assert (rows[b].status, rows[b].error_message) == ("completed", None)  # stale flag cleared
     assert polygon.subscriptions == {f"AM.{a}", f"AM.{b}"}
 
     code, stats = stream.stop()
@@ -220,7 +220,7 @@ def test_sigterm_flushes_buffered_bars_then_exits_0(pg_url, kafka, polygon, star
     assert stats["flushed_on_stop"] > 0 and "flushing" in stream.log()
     assert len(stored_bars(pg_url, symbol)) == 500
     assert len(kafka.json_messages(f"chronox.stream.{symbol}")) == 500
-    assert registry.get_symbol(get_engine(pg_url), symbol)["last_stream"] is not None
+    assert registry.get_symbol(get_engine(pg_url), symbol).last_stream is not None
 
 
 def test_a_full_backlog_pauses_reading_and_is_reported(pg_url, polygon, start_stream):
@@ -273,7 +273,7 @@ def test_stream_phase_activation_subscribes_through_the_redis_signal(pg_url, kaf
     [event] = kafka.json_messages(f"chronox.stream.{later}")
     assert (event["event"], event["symbol"], event["version"]) == ("stream_activated", later, "v1")
     assert as_utc(event["ts"]) <= dt.datetime.now(UTC)
-    assert registry.get_symbol(engine, later)["status"] == "running"
+    assert registry.get_symbol(engine, later).status == "running"
 
     refused = stream_phase.apply(kwargs={"symbol": other}).get()
     assert refused["activated"] is False and "no stream phase" in refused["reason"]
@@ -416,14 +416,14 @@ def test_backoff_grows_exponentially_with_jitter_up_to_the_cap():
 
 def test_a_registry_run_activates_stream_symbols_in_process(sqlite_url):
     from chronox.cli import cli
-    from chronox.tasks.backfill import SYMBOL_PHASE_TASKS
+    from chronox.tasks.workflow import SYMBOL_PHASE_TASKS
 
     assert SYMBOL_PHASE_TASKS["stream"] == "chronox.phase.stream"
     symbol = unique("SP")
     registry.add_symbol(get_engine(sqlite_url), symbol, "stream")
     result = CliRunner().invoke(cli, ["run", "--symbols", symbol, "--json"])
     assert result.exit_code == 0, result.output
-    assert registry.get_symbol(get_engine(sqlite_url), symbol)["status"] == "completed"
+    assert registry.get_symbol(get_engine(sqlite_url), symbol).status == "completed"
 
 
 def monitor(now: str) -> dict[str, Any]:
@@ -457,20 +457,18 @@ def test_monitor_flags_exactly_the_stale_symbols_during_the_session_only(db_url)
         result = monitor(moment)
         assert (result["stale"], result["stale_symbols"]) == (0, []), moment
     assert result["in_session"] is True and result["checked"] == 4
-    assert {r["status"] for r in registry.list_symbols(engine)} == {"idle"}
+    assert {r.status for r in registry.list_symbols(engine)} == {"idle"}
 
     result = monitor(now.isoformat())
     assert result == {"now": "2024-01-03T15:00:00Z", "checked": 4, "in_session": True, "stale": 2,
                       "stale_symbols": ["NEVER", "STALE"]}
-    rows = {r["symbol"]: r for r in registry.list_symbols(engine)}
-    assert {s for s, r in rows.items() if r["status"] == "error"} == {"NEVER", "STALE"}
-    assert rows["STALE"]["error_message"] == "stream stale: last bar 2024-01-03T14:50:00Z (10 min ago)"
-    assert rows["NEVER"]["error_message"].startswith("stream stale: no bar received yet")
+    rows = {r.symbol: r for r in registry.list_symbols(engine)}
+    assert {s for s, r in rows.items() if r.status == "error"} == {"NEVER", "STALE"}
+    assert rows["STALE"].error_message == "stream stale: last bar 2024-01-03T14:50:00Z (10 min ago)"
+    assert rows["NEVER"].error_message.startswith("stream stale: no bar received yet")
 
 
-def test_both_tasks_run_on_a_real_worker_by_name(pg_url, kafka, start_worker):
-    from chronox.celery_app import app
-
+def test_both_tasks_run_on_a_real_worker_by_name(pg_url, kafka, start_worker, celery_client):
     symbol = unique("SV")
     engine = get_engine(pg_url)
     registry.add_symbol(engine, symbol, "stream")
@@ -479,11 +477,11 @@ def test_both_tasks_run_on_a_real_worker_by_name(pg_url, kafka, start_worker):
     start_worker(concurrency=1)
     # Outcomes are read from their effects: an earlier eager task in this process may have
     # cached Celery's disabled result backend, which the worker fixture does not reset.
-    app.send_task("chronox.phase.stream", kwargs={"symbol": symbol})
+    celery_client.send_task("chronox.phase.stream", kwargs={"symbol": symbol})
     [event] = wait_until(lambda: kafka.json_messages(f"chronox.stream.{symbol}", timeout_ms=500),
                          timeout=60, what="the activation event")
-    assert (event["event"], registry.get_symbol(engine, symbol)["status"]) == ("stream_activated", "running")
-    app.send_task("chronox.stream.monitor", kwargs={"now": "2024-01-03T15:00:00Z"})
-    row = wait_until(lambda: (r := registry.get_symbol(engine, symbol))["status"] == "error" and r,
+    assert (event["event"], registry.get_symbol(engine, symbol).status) == ("stream_activated", "running")
+    celery_client.send_task("chronox.stream.monitor", kwargs={"now": "2024-01-03T15:00:00Z"})
+    row = wait_until(lambda: (r := registry.get_symbol(engine, symbol)).status == "error" and r,
                      timeout=60, what="the stale flag")
-    assert row["error_message"].startswith("stream stale: no bar received yet")
+    assert row.error_message.startswith("stream stale: no bar received yet")

@@ -11,7 +11,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from polygon import RESTClient, WebSocketClient

@@ -16,9 +16,9 @@ from collections import Counter
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, NamedTuple
+from typing import IO, Any, NamedTuple, Protocol
 
-from chronox.bars import MAX_TRANSACTIONS, isoformat_utc, price_problem
+from chronox.bars import MAX_TRANSACTIONS, QuarantinedRow, isoformat_utc, price_problem
 from chronox.calendar import day_bounds_utc
 from chronox.settings import Settings
 from chronox.strategy import SYMBOL_PATTERN
@@ -30,6 +30,9 @@ HEADER = ("ticker", "volume", "open", "close", "high", "low", "window_start", "t
 MINUTE_NS = 60_000_000_000
 MINUTES_PER_DAY = 25 * 60  # a New York day is 25 h long when clocks fall back
 INF = math.inf
+
+
+CsvReader = Any  # csv.reader() objects: iterators of rows with a line_num; typeshed names no public type
 
 
 class FlatFileError(Exception):
@@ -46,12 +49,12 @@ class FlatFileStore:
     def __init__(self, settings: Settings):
         self.url = settings.flatfiles_url
         self._settings = settings
-        self._s3 = None
+        self._s3: Any = None
+        self.bucket: str | None = None
         if self.url.startswith("s3://"):
             bucket_and_prefix = self.url[len("s3://"):].strip("/")
             self.bucket, _, self.root = bucket_and_prefix.partition("/")
         else:
-            self.bucket = None
             self.root = self.url[len("file://"):] if self.url.startswith("file://") else self.url
 
     @property
@@ -105,14 +108,6 @@ class FlatFileStore:
             return open(Path(self.root) / relative_path(day), "rb")
         body = self._client().get_object(Bucket=self.bucket, Key=self._key(day))["Body"]
         return body  # botocore StreamingBody reads incrementally
-
-
-@dataclass
-class QuarantinedRow:
-    origin: str
-    symbol: str | None
-    raw: str
-    reason: str
 
 
 class FlatRow(NamedTuple):
@@ -199,7 +194,7 @@ class DayFileReader:
         except OSError as exc:
             raise FlatFileError(f"{self.origin}: unreadable ({exc})") from None
 
-    def _header(self, reader: Iterator[list[str]]) -> tuple[int, ...]:
+    def _header(self, reader: CsvReader) -> tuple[int, ...]:
         try:
             header = next(reader)
         except StopIteration:
@@ -215,7 +210,7 @@ class DayFileReader:
         # A row of another width than the header is misaligned: its values cannot be trusted.
         return (*(names.index(h) for h in HEADER), len(names))
 
-    def _rows(self, reader: Iterator[list[str]], copy_source: str | None) -> Iterator[Any]:
+    def _rows(self, reader: CsvReader, copy_source: str | None) -> Iterator[Any]:
         """Valid rows as tuples, or as COPY lines when copy_source is given.
 
         One loop with everything inlined: this runs for every row of a 1-3 M row file.
@@ -307,3 +302,49 @@ class DayFileReader:
                 stats.rows_kept[symbol] = minutes.count(1)
         if progress is not None:
             progress(kept_total)
+
+
+class BarTap(Protocol):
+    """Called for each row a day load stores: symbol, ts (ISO UTC), open, high, low, close, volume."""
+
+    def __call__(self, symbol: str, ts: str, o: float, h: float, low: float, c: float, v: float, /) -> None: ...
+
+
+class DayFileRows:
+    """A day file's valid rows in the shapes storage takes (chronox.store.DayRows).
+
+    `copy_lines()` is the fast path: COPY lines rendered in the parsing loop. With a tap
+    (kafka-first publishing) every row is reported as it streams into storage.
+    """
+
+    def __init__(self, reader: DayFileReader, source: str, tap: BarTap | None = None):
+        self.reader = reader
+        self.source = source
+        self._tap = tap
+
+    def tapped(self, tap: BarTap) -> DayFileRows:
+        return DayFileRows(self.reader, self.source, tap)
+
+    def _rows(self) -> Iterator[FlatRow]:
+        tap, iso = self._tap, self.reader.minute_iso
+        for r in self.reader:
+            if tap is not None:
+                tap(r.symbol, iso[r.minute], r.open, r.high, r.low, r.close, r.volume)
+            yield r
+
+    def copy_lines(self) -> Iterator[str]:
+        if self._tap is None:
+            yield from self.reader.copy_lines(self.source)
+            return
+        iso, source = self.reader.minute_iso, self.source
+        for r in self._rows():
+            n = "\\N" if r.transactions is None else r.transactions
+            yield (f"{r.symbol}\t{iso[r.minute]}\t{r.open!r}\t{r.high!r}\t{r.low!r}\t"
+                   f"{r.close!r}\t{r.volume!r}\t\\N\t{n}\t{source}\n")
+
+    def records(self) -> Iterator[dict[str, Any]]:
+        times = self.reader.minute_times
+        for r in self._rows():
+            yield {"symbol": r.symbol, "ts": times[r.minute], "open": r.open, "high": r.high, "low": r.low,
+                   "close": r.close, "volume": r.volume, "vwap": None, "transactions": r.transactions,
+                   "source": self.source}

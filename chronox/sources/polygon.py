@@ -21,33 +21,29 @@ import json
 import math
 import re
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, overload
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import urllib3
 
 from chronox.bars import MAX_TRANSACTIONS, UTC, Bar, bar_problem, ts_from_ms, ts_from_ns
-from chronox.calendar import NEW_YORK, day_bounds_utc
+from chronox.calendar import day_bounds_utc
 from chronox.ratelimit import RateLimiter, RequestBudget
 from chronox.settings import Settings
 from chronox.sources import shown
+from chronox.sources.base import ProviderError, Snapshot, TransientProviderError
 
 TRANSIENT_STATUSES = frozenset({408, 425, 429, 499}) | frozenset(range(500, 600))
 AGGS_PAGE_LIMIT = 50_000  # Polygon's maximum; a 7-day window of minute bars fits one page
 _API_KEY_PARAM = re.compile(r"(apiKey=)[^&\s'\"]+", re.IGNORECASE)
 
 
-class PolygonError(Exception):
+class PolygonError(ProviderError):
     """Polygon refused the request or answered nonsense; retrying will not help."""
 
 
-class TransientPolygonError(PolygonError):
+class TransientPolygonError(TransientProviderError, PolygonError):
     """Worth retrying later; retry_after is Polygon's Retry-After in seconds, if it sent one."""
-
-    def __init__(self, message: str, retry_after: float | None = None):
-        super().__init__(message)
-        self.retry_after = retry_after
 
 
 def scrub(text: str, secret: str | None) -> str:
@@ -107,31 +103,6 @@ class _Pool(urllib3.PoolManager):
         raise PolygonError(message)
 
 
-@dataclass(frozen=True)
-class Snapshot:
-    symbol: str
-    ts: dt.datetime  # UTC, market time of the price
-    price: float
-    volume: float | None  # the day's (snapshot), the minute's (agg) or the trade's size (rest)
-    prev_close: float | None
-    method: str
-
-
-class Provider(Protocol):
-    """What the REST phases need; PolygonRest and the replay provider both answer it."""
-
-    name: str
-
-    def minute_bars(self, symbol: str, first: dt.date, last: dt.date) -> list[Bar]: ...
-    def daily_bars(self, symbol: str, first: dt.date, last: dt.date) -> list[Bar]: ...
-    def ticker_details(self, symbol: str) -> dict[str, Any]: ...
-    def dividends(self, symbol: str) -> list[dict[str, Any]]: ...
-    def splits(self, symbol: str) -> list[dict[str, Any]]: ...
-    def snapshots(self, symbols: Sequence[str]) -> list[Snapshot]: ...
-    def last_trade(self, symbol: str) -> Snapshot | None: ...
-    def last_minute_agg(self, symbol: str) -> Snapshot | None: ...
-
-
 def _malformed(what: str, detail: str) -> PolygonError:
     return PolygonError(f"malformed response to {what}: {detail}")
 
@@ -140,6 +111,11 @@ def _reject_constant(name: str) -> float:
     raise ValueError(f"{name} is not a JSON number")
 
 
+@overload
+def _number(record: dict[str, Any], key: str, what: str, required: Literal[True] = ...,
+            positive: bool = ...) -> float: ...
+@overload
+def _number(record: dict[str, Any], key: str, what: str, required: bool, positive: bool = ...) -> float | None: ...
 def _number(record: dict[str, Any], key: str, what: str, required: bool = True,
             positive: bool = False) -> float | None:
     value = record.get(key)
@@ -156,6 +132,11 @@ def _number(record: dict[str, Any], key: str, what: str, required: bool = True,
     return number
 
 
+@overload
+def _int(record: dict[str, Any], key: str, what: str, required: Literal[True] = ...,
+         maximum: int | None = ...) -> int: ...
+@overload
+def _int(record: dict[str, Any], key: str, what: str, required: bool, maximum: int | None = ...) -> int | None: ...
 def _int(record: dict[str, Any], key: str, what: str, required: bool = True,
          maximum: int | None = None) -> int | None:
     value = record.get(key)
@@ -168,6 +149,12 @@ def _int(record: dict[str, Any], key: str, what: str, required: bool = True,
     return value
 
 
+@overload
+def _time(record: dict[str, Any], key: str, what: str, convert: Callable[[int], dt.datetime],
+          required: Literal[True] = ...) -> dt.datetime: ...
+@overload
+def _time(record: dict[str, Any], key: str, what: str, convert: Callable[[int], dt.datetime],
+          required: bool) -> dt.datetime | None: ...
 def _time(record: dict[str, Any], key: str, what: str, convert: Callable[[int], dt.datetime],
           required: bool = True) -> dt.datetime | None:
     """An epoch field as UTC; a value in another unit or out of range is a malformed answer."""
@@ -195,6 +182,10 @@ def _id(record: dict[str, Any], what: str) -> str:
     return value
 
 
+@overload
+def _date(record: dict[str, Any], key: str, what: str, required: Literal[True] = ...) -> dt.date: ...
+@overload
+def _date(record: dict[str, Any], key: str, what: str, required: bool) -> dt.date | None: ...
 def _date(record: dict[str, Any], key: str, what: str, required: bool = True) -> dt.date | None:
     value = record.get(key)
     if value is None and not required:
@@ -419,7 +410,3 @@ def _ticker_snapshot(record: Any, what: str) -> Snapshot | None:
         return None
     return Snapshot(record["ticker"], ts, price, _number(day, "v", what, required=False),
                     _positive(_number(sections["prevDay"], "c", what, required=False)), "snapshot")
-
-
-def new_york_day(bar: Bar) -> dt.date:
-    return bar.ts.astimezone(NEW_YORK).date()

@@ -16,8 +16,8 @@ from typing import Any
 from chronox.bars import Bar
 from chronox.calendar import NEW_YORK, day_bounds_utc, trading_days
 from chronox.settings import Settings
+from chronox.sources.base import ProviderError, Snapshot
 from chronox.sources.flatfiles import PREFIX, DayFileReader, FlatFileStore, FlatRow
-from chronox.sources.polygon import PolygonError, Snapshot
 
 
 class ReplayProvider:
@@ -26,7 +26,7 @@ class ReplayProvider:
     def __init__(self, settings: Settings, today: dt.date | None = None):
         self._store = FlatFileStore(settings)
         if self._store.is_s3:
-            raise PolygonError("CHRONOX_PROVIDER=replay reads local day files: "
+            raise ProviderError("CHRONOX_PROVIDER=replay reads local day files: "
                                "set CHRONOX_FLATFILES_URL to a directory")
         self._today = today or dt.datetime.now(NEW_YORK).date()
 
@@ -41,12 +41,12 @@ class ReplayProvider:
         return found, reader.minute_times
 
     def minute_bars(self, symbol: str, first: dt.date, last: dt.date) -> list[Bar]:
-        bars = []
+        bars: list[Bar] = []
         for day in trading_days(first, last):
             if not self._store.exists(day):
                 # Polygon would answer with the day's bars; an empty answer here would
                 # record the day as covered, as if the symbol had not traded.
-                raise PolygonError(f"replay provider has no day file for {day} ({self._store.location(day)})")
+                raise ProviderError(f"replay provider has no day file for {day} ({self._store.location(day)})")
             rows, times = self._rows(day, [symbol])
             bars.extend(Bar(symbol, times[r.minute], r.open, r.high, r.low, r.close, r.volume, None,
                             r.transactions, "api") for r in rows[symbol])

@@ -230,7 +230,7 @@ class PolygonStream:
         log.warning("stream %s; reconnecting in %.2fs (attempt %d)", why, delay, attempt)
         try:
             await asyncio.wait_for(self._stopping.wait(), delay)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
 

@@ -8,7 +8,7 @@ from celery import Task
 
 from chronox import registry
 from chronox.db import get_engine
-from chronox.publish import PublishError
+from chronox.delivery import KAFKA_ERRORS
 from chronox.settings import load_settings
 
 log = logging.getLogger(__name__)
@@ -17,12 +17,11 @@ log = logging.getLogger(__name__)
 def _transient_errors() -> tuple[type[BaseException], ...]:
     import redis
     from botocore.exceptions import ConnectionError as BotoConnectionError
-    from kafka.errors import KafkaError
     from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 
     # InterfaceError: psycopg2 reports a connection the server closed under a running
     # statement (a PostgreSQL restart) as "connection already closed".
-    return (OperationalError, InterfaceError, DisconnectionError, PublishError, KafkaError,
+    return (OperationalError, InterfaceError, DisconnectionError, *KAFKA_ERRORS,
             redis.ConnectionError, redis.TimeoutError, BotoConnectionError,
             ConnectionError, TimeoutError)
 
@@ -46,8 +45,7 @@ class ChronoxTask(Task):
         if symbols:
             message = f"{self.name} failed: {type(exc).__name__}: {exc}"
             try:
-                registry.set_status(get_engine(load_settings().database_url), symbols, "error",
-                                    error_message=message[:2000])
+                registry.fail(get_engine(load_settings().database_url), symbols, message)
             except Exception:  # the database may be the thing that failed
                 log.exception("could not record failure of %s on the registry", self.name)
 

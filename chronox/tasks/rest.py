@@ -24,7 +24,7 @@ from chronox.celery_app import app
 from chronox.db import get_engine
 from chronox.ratelimit import SHORT_WAIT, RateLimited, WaitPolicy, margin, waiting
 from chronox.settings import load_settings, run_settings
-from chronox.sources.polygon import PolygonError, TransientPolygonError
+from chronox.sources.base import ProviderError, TransientProviderError
 from chronox.tasks.base import ChronoxTask, affected_symbols
 
 log = logging.getLogger(__name__)
@@ -55,10 +55,10 @@ class RestTask(ChronoxTask):
         except RateLimited as exc:
             waits = int(self.request.get(BUDGET_WAITS_HEADER) or 0) + 1
             if waits > MAX_BUDGET_WAITS:
-                return self._give_up(PolygonError(f"no request budget after {MAX_BUDGET_WAITS} waits "
+                return self._give_up(ProviderError(f"no request budget after {MAX_BUDGET_WAITS} waits "
                                                   "(CHRONOX_POLYGON_RATE_LIMIT)"))
             self._again(exc, min(exc.wait, MAX_COUNTDOWN), self.request.retries, waits)
-        except TransientPolygonError as exc:
+        except TransientProviderError as exc:
             retries = self.request.retries
             if retries >= settings.polygon_max_retries:
                 exc.args = (f"{exc} (gave up after {retries} retries)",)
@@ -71,7 +71,7 @@ class RestTask(ChronoxTask):
             if self.request.is_eager:
                 time.sleep(countdown)  # apply() runs the retry at once
             self._again(exc, countdown, retries + 1, int(self.request.get(BUDGET_WAITS_HEADER) or 0))
-        except PolygonError as exc:
+        except ProviderError as exc:
             return self._give_up(exc)
 
     def _again(self, exc: Exception, countdown: float, retries: int, budget_waits: int) -> NoReturn:
@@ -82,14 +82,13 @@ class RestTask(ChronoxTask):
             sig.apply_async()
         raise Retry(exc=exc, when=countdown, sig=sig, is_eager=bool(self.request.is_eager))
 
-    def _give_up(self, exc: PolygonError) -> dict[str, Any]:
+    def _give_up(self, exc: ProviderError) -> dict[str, Any]:
         if not self.soft_fail:
             raise exc  # on_failure records it on the registry
         message = f"{self.name} failed: {type(exc).__name__}: {exc}"
         log.error("%s", message)
-        registry.set_status(get_engine(load_settings().database_url),
-                            affected_symbols(self.request.args, self.request.kwargs), "error",
-                            error_message=message)
+        registry.fail(get_engine(load_settings().database_url),
+                      affected_symbols(self.request.args, self.request.kwargs), message)
         return {"error": message}
 
 

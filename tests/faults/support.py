@@ -18,7 +18,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pytest
 from sqlalchemy import text
@@ -26,8 +26,11 @@ from sqlalchemy import text
 from chronox import registry
 from chronox.bars import isoformat_utc
 from chronox.db import get_engine
-from chronox.rest import is_warning
 from tests.helpers import rows_by_symbol_day, write_days
+
+if TYPE_CHECKING:
+    from celery import Celery
+    from celery.result import AsyncResult
 
 Expected = dict[tuple[str, dt.date], int]
 
@@ -63,19 +66,13 @@ def prepare_run(url: str, flatfiles: Path | None, symbols: Sequence[str], days: 
     return expected
 
 
-def celery_app():  # type: ignore[no-untyped-def]
-    """The test process's Celery app; start_worker has pointed it at this test's broker."""
-    from chronox.celery_app import app
-
-    return app
-
-
 def start_execution(symbols: Sequence[str] | None, days: Sequence[dt.date], strategy: str | None = None,
-                    options: dict[str, Any] | None = None):  # type: ignore[no-untyped-def]
+                    options: dict[str, Any] | None = None, *, client: Celery | None = None) -> AsyncResult:
     """Send one registry execution (`chronox.registry.execute`) to the workers; returns its AsyncResult.
 
-    `options` are run options (chronox.settings.RUN_OPTIONS), sent only when given. Call
-    after start_worker(): that is what points this process's app at the test's broker.
+    `options` are run options (chronox.settings.RUN_OPTIONS), sent only when given. `client`
+    is the test's celery_client; without it, a client is made from the environment as it is
+    now (after start_worker(), this test's broker).
     """
     kwargs: dict[str, Any] = {"symbols": list(symbols) if symbols else None,
                               "start": days[0].isoformat(), "end": days[-1].isoformat()}
@@ -83,7 +80,12 @@ def start_execution(symbols: Sequence[str] | None, days: Sequence[dt.date], stra
         kwargs["strategy"] = strategy
     if options:
         kwargs["options"] = options
-    return celery_app().send_task("chronox.registry.execute", kwargs=kwargs)
+    if client is None:
+        from chronox.celery_app import make_client
+        from chronox.settings import load_settings
+
+        client = make_client(load_settings())
+    return client.send_task("chronox.registry.execute", kwargs=kwargs)
 
 
 # -- waiting ----------------------------------------------------------------------------
@@ -319,11 +321,11 @@ def assert_same_end_state_as_fault_free(url: str, kafka: HasBootstrap, symbols: 
     assert outbox == 0, "symbol-days left unpublished in the outbox"
     for symbol in symbols:
         row = registry.get_symbol(engine, symbol)
-        assert (row["status"], row["last_backfill"]) == ("completed", days[-1].isoformat()), (symbol, row)
+        assert (row.status, row.last_backfill) == ("completed", days[-1]), (symbol, row)
         if message is WARNING_OR_NONE:
-            assert row["error_message"] is None or is_warning(row["error_message"]), (symbol, row)
+            assert row.error_message is None or row.warning is not None, (symbol, row)
         else:
-            assert row["error_message"] == message, (symbol, row)
+            assert row.error_message == message, (symbol, row)
 
     stored = db_bars(url, symbols)
     envelopes = [e for e in backfill_envelopes(kafka, symbols) if e.get("event") == "bar" and e.get("tf") == "1m"]

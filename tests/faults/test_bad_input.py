@@ -41,7 +41,7 @@ from chronox.settings import load_settings
 from chronox.snapshot import refresh
 from chronox.sources.flatfiles import HEADER, relative_path
 from chronox.sources.polygon import PolygonError, PolygonRest, TransientPolygonError
-from chronox.stream import StreamProcess
+from chronox.stream.process import StreamProcess
 from tests.conftest import REPO
 from tests.helpers import count
 from tests.rest_support import KEY, polygon, rest_db  # noqa: F401
@@ -49,7 +49,7 @@ from tests.stubs.polygon_ws import FakePolygonStream
 
 pytestmark = pytest.mark.timeout(180)
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 HYPOTHESIS = settings(max_examples=40, deadline=None, derandomize=True,
                       suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                                              HealthCheck.data_too_large])
@@ -197,7 +197,7 @@ def test_a_broken_day_file_is_one_clear_error_and_loads_nothing(registered, flat
         assert records == [(None, str(path), "", result["error"])]
         for symbol in SYMBOLS:
             row_ = registry.get_symbol(get_engine(url), symbol)
-            assert (row_["status"], row_["error_message"]) == ("error", result["error"])
+            assert (row_.status, row_.error_message) == ("error", result["error"])
     # Nothing of the broken files: DAY kept its earlier load exactly, DAY2 has no bar at all.
     assert (stored_bars(url), coverage(url)) == before
     assert count(url, "SELECT count(*) FROM coverage WHERE trading_day = :d", d=DAY2) == 0
@@ -305,7 +305,7 @@ def test_hostile_rows_are_quarantined_with_reasons_and_the_rest_loads(registered
         got_symbol, reason = by_raw[as_stored(fields)]
         assert got_symbol == symbol and fragment in reason, (label, reason)
     for symbol in SYMBOLS:
-        assert registry.get_symbol(get_engine(url), symbol)["status"] != "error"
+        assert registry.get_symbol(get_engine(url), symbol).status != "error"
 
 
 def test_a_reload_of_the_same_hostile_file_changes_nothing(registered, flatfiles):
@@ -1002,7 +1002,7 @@ def test_run_names_only_valid_registered_symbols(sqlite_url, flatfiles, names):
         assert_user_error(result, "not registered")
     else:
         assert_user_error(result, "invalid symbol")
-    assert registry.get_symbol(get_engine(sqlite_url), "AAPL")["status"] == "idle"
+    assert registry.get_symbol(get_engine(sqlite_url), "AAPL").status == "idle"
 
 
 def test_a_run_with_bad_input_touches_nothing(sqlite_url, flatfiles):
@@ -1017,7 +1017,7 @@ def test_a_run_with_bad_input_touches_nothing(sqlite_url, flatfiles):
                           (["--symbols", "AA PL!"], "invalid symbol"),
                           (["--symbols", "ZZZZ"], "not registered: ZZZZ")):
         assert_user_error(invoke("run", *args), message)
-    assert registry.get_symbol(get_engine(sqlite_url), "AAPL")["status"] == "idle"
+    assert registry.get_symbol(get_engine(sqlite_url), "AAPL").status == "idle"
     assert count(sqlite_url, "SELECT count(*) FROM ohlcv_1m") == 0
 
 

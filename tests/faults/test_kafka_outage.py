@@ -25,7 +25,6 @@ from tests.faults.support import (
     assert_completion_events,
     assert_same_end_state_as_fault_free,
     backfill_envelopes,
-    celery_app,
     completion_events,
     prepare_run,
     private_kafka,  # noqa: F401
@@ -57,13 +56,14 @@ def outbox(url, symbols):
 
 
 def test_kafka_first_run_retries_through_a_kafka_outage_and_completes(pg_url, flatfiles, private_kafka, start_worker,
-                                                                      redis_url, monkeypatch, record_property):
+                                                                      celery_client, redis_url, monkeypatch,
+                                                                      record_property):
     monkeypatch.setenv("CHRONOX_PUBLISH_MODE", "kafka-first")
     symbols = ["KFA", "KFB", "KFC"]
     expected = prepare_run(pg_url, flatfiles, symbols, DAYS)
     start_worker(concurrency=4)
     private_kafka.pause()
-    start_execution(symbols, DAYS).get(timeout=30)
+    start_execution(symbols, DAYS, client=celery_client).get(timeout=30)
     time.sleep(OUTAGE)
     # Nothing Kafka has not acknowledged is committed, and the run is still on.
     assert symbol_rows(pg_url, symbols) == 0
@@ -79,15 +79,15 @@ def test_kafka_first_run_retries_through_a_kafka_outage_and_completes(pg_url, fl
 
 
 def test_db_first_run_commits_during_a_kafka_outage_and_publishes_after(pg_url, flatfiles, private_kafka,
-                                                                       start_worker, redis_url, monkeypatch,
-                                                                       record_property):
+                                                                       start_worker, celery_client, redis_url,
+                                                                       monkeypatch, record_property):
     monkeypatch.setenv("CHRONOX_PUBLISH_MODE", "db-first")
     symbols = ["KDA", "KDB", "KDC"]
     expected = prepare_run(pg_url, flatfiles, symbols, DAYS)
     start_worker(concurrency=4)
-    app = celery_app()
+    app = celery_client
     down = private_kafka.pause()
-    start_execution(symbols, DAYS).get(timeout=30)
+    start_execution(symbols, DAYS, client=celery_client).get(timeout=30)
     # The whole run completes while Kafka is down: every bar committed, every symbol-day
     # waiting in the outbox.
     assert wait_for_statuses(pg_url, symbols, timeout=90) == {s: "completed" for s in symbols}
@@ -116,14 +116,15 @@ def test_db_first_run_commits_during_a_kafka_outage_and_publishes_after(pg_url, 
 
 
 def test_kafka_first_run_survives_an_outage_in_the_middle_of_its_loads(pg_url, flatfiles, private_kafka, start_worker,
-                                                                       redis_url, monkeypatch, record_property):
+                                                                       celery_client, redis_url, monkeypatch,
+                                                                       record_property):
     """Kafka goes away after the first day committed: the worker's producer is connected
     and knows the topics, so this time the outage meets sends and flushes in flight."""
     monkeypatch.setenv("CHRONOX_PUBLISH_MODE", "kafka-first")
     symbols = ["KMA", "KMB", "KMC"]
     expected = prepare_run(pg_url, flatfiles, symbols, DAYS)
     start_worker(concurrency=1)  # one process: the day loads run one after another, on one producer
-    start_execution(symbols, DAYS)
+    start_execution(symbols, DAYS, client=celery_client)
     wait_until(lambda: count(pg_url, "SELECT count(*) FROM coverage WHERE symbol = ANY(:s)", s=symbols),
                60, "a first day committed", interval=0.02)
     down = private_kafka.pause()

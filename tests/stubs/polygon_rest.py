@@ -37,10 +37,11 @@ import threading
 import time
 import traceback
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Iterable, Optional
+from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 FAULT_KINDS = ("429", "500", "502", "503", "slow", "malformed", "garbage_json")
@@ -58,19 +59,19 @@ class RequestRecord:
     method: str
     path: str
     query: dict[str, str]  # apiKey value redacted
-    status: Optional[int]  # None while the answer is still being produced
+    status: int | None  # None while the answer is still being produced
     has_auth: bool  # Authorization header present; its value is never kept
-    fault: Optional[str] = None
+    fault: str | None = None
 
 
 @dataclass
 class _Fault:
-    prefix: Optional[str]
+    prefix: str | None
     kind: str
     remaining: int
-    retry_after: Optional[float]
-    delay: Optional[float]
-    body: Optional[bytes]
+    retry_after: float | None
+    delay: float | None
+    body: bytes | None
 
 
 class _ApiError(Exception):
@@ -86,7 +87,7 @@ def _new_request_id() -> str:
 
 def _parse_bound(value: str, end: bool) -> int:
     if _DATE_RE.match(value):
-        day = datetime.strptime(value, "%Y-%m-%d").replace(tzinfo=timezone.utc)
+        day = datetime.strptime(value, "%Y-%m-%d").replace(tzinfo=UTC)
         start_ms = int(day.timestamp() * 1000)
         return start_ms + _DAY_MS - 1 if end else start_ms
     if value.isdigit():
@@ -176,7 +177,7 @@ def _matches(record: dict[str, Any], key: str, value: str) -> bool:
 class _Handler(BaseHTTPRequestHandler):
     # HTTP/1.1 so urllib3's pooled keep-alive connections behave as in prod.
     protocol_version = "HTTP/1.1"
-    server: "_Server"
+    server: _Server
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
@@ -194,7 +195,7 @@ class _Handler(BaseHTTPRequestHandler):
         status: int,
         body: bytes,
         content_type: str = "application/json",
-        headers: Optional[dict[str, str]] = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
@@ -208,7 +209,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
-    fake: "FakePolygonRest"
+    fake: FakePolygonRest
 
 
 class FakePolygonRest:
@@ -226,7 +227,7 @@ class FakePolygonRest:
         self._faults: list[_Fault] = []
         self._ratio = 0.0
         self._ratio_kinds: tuple[str, ...] = ()
-        self._ratio_retry_after: Optional[float] = None
+        self._ratio_retry_after: float | None = None
         self._rng = random.Random(0)
         self._id_counter = 0
         self.requests: list[RequestRecord] = []
@@ -234,11 +235,11 @@ class FakePolygonRest:
         self._server.fake = self
         bound_host, bound_port = self._server.server_address[:2]
         self.base_url = f"http://{bound_host}:{bound_port}"
-        self._thread: Optional[threading.Thread] = None
+        self._thread: threading.Thread | None = None
 
     # -- lifecycle -------------------------------------------------------
 
-    def start(self) -> "FakePolygonRest":
+    def start(self) -> FakePolygonRest:
         if self._thread is None:
             self._thread = threading.Thread(
                 target=self._server.serve_forever,
@@ -256,7 +257,7 @@ class FakePolygonRest:
             self._thread = None
         self._server.server_close()
 
-    def __enter__(self) -> "FakePolygonRest":
+    def __enter__(self) -> FakePolygonRest:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -286,7 +287,7 @@ class FakePolygonRest:
         price: float,
         volume: float,
         updated_ns: int,
-        prev_close: Optional[float] = None,
+        prev_close: float | None = None,
     ) -> None:
         """Pin the snapshot (and last trade) for ``ticker``; otherwise both are
         derived from the latest minute bar."""
@@ -336,12 +337,12 @@ class FakePolygonRest:
 
     def inject(
         self,
-        path_prefix: Optional[str],
+        path_prefix: str | None,
         kind: str,
         count: int = 1,
-        retry_after: Optional[float] = None,
-        delay: Optional[float] = None,
-        body: Optional[bytes | str] = None,
+        retry_after: float | None = None,
+        delay: float | None = None,
+        body: bytes | str | None = None,
     ) -> None:
         """Queue ``count`` faults for the next requests whose path starts with
         ``path_prefix`` (None = any).  ``delay`` applies to any kind ("slow"
@@ -361,7 +362,7 @@ class FakePolygonRest:
         ratio: float,
         kinds: Iterable[str] = ("429", "500"),
         seed: int = 0,
-        retry_after: Optional[float] = None,
+        retry_after: float | None = None,
     ) -> None:
         """Answer roughly ``ratio`` of the requests not hit by a queued fault
         with one of ``kinds``; the same seed gives the same sequence."""
@@ -380,7 +381,7 @@ class FakePolygonRest:
             self._faults.clear()
             self._ratio = 0.0
 
-    def _take_fault(self, path: str) -> Optional[_Fault]:
+    def _take_fault(self, path: str) -> _Fault | None:
         with self._lock:
             for i, fault in enumerate(self._faults):
                 if fault.prefix is None or path.startswith(fault.prefix):
@@ -395,11 +396,11 @@ class FakePolygonRest:
 
     # -- request log -----------------------------------------------------
 
-    def count_requests(self, path_prefix: Optional[str] = None) -> int:
+    def count_requests(self, path_prefix: str | None = None) -> int:
         with self._lock:
             return sum(1 for r in self.requests if path_prefix is None or r.path.startswith(path_prefix))
 
-    def max_requests_in_window(self, window_seconds: float, path_prefix: Optional[str] = None) -> int:
+    def max_requests_in_window(self, window_seconds: float, path_prefix: str | None = None) -> int:
         """Largest number of request arrivals inside any half-open window
         [t, t + window_seconds)."""
         with self._lock:
@@ -608,7 +609,7 @@ class FakePolygonRest:
             response["next_url"] = f"{self.base_url}{path}?cursor={_encode_cursor(state)}"
         return response
 
-    def _snapshot_state(self, ticker: str) -> Optional[dict[str, Any]]:
+    def _snapshot_state(self, ticker: str) -> dict[str, Any] | None:
         """Price/volume/time behind the snapshot and last trade, from
         ``set_snapshot`` or else the last minute bar (its start time, in ns,
         becomes ``updated``)."""
@@ -638,7 +639,7 @@ class FakePolygonRest:
             prev_day = {k: earlier[-1].get(k) for k in ("o", "h", "l", "c", "v", "vw")}
         return {"last": last, "day": day, "prev_day": prev_day, "updated_ns": last["t"] * 1_000_000}
 
-    def _snapshot(self, ticker: str) -> Optional[dict[str, Any]]:
+    def _snapshot(self, ticker: str) -> dict[str, Any] | None:
         state = self._snapshot_state(ticker)
         if state is None:
             return None

@@ -30,8 +30,9 @@ import itertools
 import json
 import threading
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Optional, Sequence
+from typing import Any
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
@@ -61,7 +62,7 @@ class FakePolygonStream:
         api_key: str = "test-key",
         host: str = "127.0.0.1",
         port: int = 0,
-        compression: Optional[str] = None,
+        compression: str | None = None,
     ):
         self.api_key = api_key
         self._host = host
@@ -72,11 +73,11 @@ class FakePolygonStream:
         self._ids = itertools.count(1)
         self._messages: list[Any] = []
         self._connections = 0
-        self._loop: Optional[asyncio.AbstractEventLoop] = None
-        self._server: Optional[Server] = None
-        self._thread: Optional[threading.Thread] = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server: Server | None = None
+        self._thread: threading.Thread | None = None
         self._ready = threading.Event()
-        self._start_error: Optional[BaseException] = None
+        self._start_error: BaseException | None = None
         self._blast_frames: list[str] = []
         self._blast_channels: set[str] = set()
         self._blast_events = 0
@@ -86,7 +87,7 @@ class FakePolygonStream:
 
     # -- lifecycle -------------------------------------------------------
 
-    def start(self) -> "FakePolygonStream":
+    def start(self) -> FakePolygonStream:
         if self._thread is not None:
             return self
         self._thread = threading.Thread(target=self._run, name="FakePolygonStream", daemon=True)
@@ -133,7 +134,7 @@ class FakePolygonStream:
             self._server.close()
             try:
                 await asyncio.wait_for(self._server.wait_closed(), 2)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 # A client that never answers the close handshake (e.g. one
                 # whose event loop is already gone) must not hang teardown.
                 for conn in list(self._server.connections):
@@ -147,13 +148,13 @@ class FakePolygonStream:
             self._thread.join(5)
             self._thread = None
 
-    def __enter__(self) -> "FakePolygonStream":
+    def __enter__(self) -> FakePolygonStream:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def _call(self, coro: Any, timeout: Optional[float] = 10) -> Any:
+    def _call(self, coro: Any, timeout: float | None = 10) -> Any:
         if self._loop is None:
             coro.close()
             raise RuntimeError("FakePolygonStream is not started")
@@ -256,7 +257,7 @@ class FakePolygonStream:
         verb = "subscribed to" if action == "subscribe" else "unsubscribed to"
         return [_status("success", f"{verb}: {c}") for c in channels], False
 
-    def _targets(self, channels: Optional[set[str]] = None) -> list[_Conn]:
+    def _targets(self, channels: set[str] | None = None) -> list[_Conn]:
         with self._lock:
             conns = [c for c in self._conns.values() if c.authenticated]
         if channels is None:

@@ -1,0 +1,286 @@
+"""The `chronox stream` process: the socket reader, the registry follower, and the hand-off
+of missed windows to REST gap fill.
+
+Polygon allows one websocket per market and account, so streaming is one long-running
+process, not a Celery task. Inside it:
+
+- the socket reader (asyncio, main thread) decodes frames and hands AM events to the
+  bounded backlog of chronox.stream.writer, whose writer threads store and publish them;
+- the registry follower re-reads the registry every CHRONOX_STREAM_POLL_SECONDS, and at
+  once when the `stream` phase signals over Redis pub/sub (CONTROL_CHANNEL);
+- after a reconnect, the window the connection was down is handed to REST gap fill.
+
+No Celery here: gap fills go through the `gap_fill` callable the caller passes in.
+"""
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from chronox import registry
+from chronox.bars import UTC, isoformat_utc
+from chronox.calendar import NEW_YORK
+from chronox.db import get_engine
+from chronox.settings import ConfigError, Settings
+from chronox.sources.websocket import PolygonStream, channel, split_frame
+from chronox.stream.activation import CONTROL_CHANNEL
+from chronox.stream.writer import Backlog, BadFrame, BarWriter, StreamStats
+
+log = logging.getLogger(__name__)
+
+STATS_SECONDS = 60.0
+BACKLOG_WARN_SECONDS = 10.0
+# A bar is sent after its minute closes, so the minutes just before a drop may have been in flight.
+GAP_LEAD = dt.timedelta(minutes=2)
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class GapFill:
+    """Minutes the stream missed for some symbols, to be filled from REST (the api phase)."""
+
+    symbols: tuple[str, ...]
+    start: dt.datetime
+    end: dt.datetime
+
+    @property
+    def days(self) -> tuple[str, str]:
+        """First and last New York day of the window, as the backfill task takes them."""
+        return (self.start.astimezone(NEW_YORK).date().isoformat(),
+                self.end.astimezone(NEW_YORK).date().isoformat())
+
+    def as_dict(self) -> dict[str, Any]:
+        first, last = self.days
+        return {"symbols": len(self.symbols), "from": isoformat_utc(self.start), "to": isoformat_utc(self.end),
+                "start": first, "end": last}
+
+
+GapFillSender = Callable[[GapFill], int]
+
+
+class StreamProcess:
+    """Runs until SIGTERM/SIGINT; `run()` returns the exit code, raises AuthFailed for a bad key."""
+
+    def __init__(self, settings: Settings, gap_fill: GapFillSender | None = None):
+        if not settings.polygon_api_key:
+            raise ConfigError("POLYGON_API_KEY is not set: `chronox stream` needs a Polygon API key")
+        self._settings = settings
+        self._gap_fill = gap_fill
+        self._engine = get_engine(settings.database_url)
+        self.stats = StreamStats()
+        self._backlog = Backlog(settings.stream_backlog)
+        self._writer = BarWriter(settings, self._engine, self._backlog, self.stats)
+        self._wanted: tuple[str, ...] = ()
+        self._down: tuple[dt.datetime, tuple[str, ...]] | None = None
+        self._stopping = False
+        self._last_full_warning = 0.0
+        self._handoffs: set[asyncio.Task[None]] = set()
+        self._listener_stop = threading.Event()
+        self._wake = asyncio.Event()  # set by the Redis listener: re-read the registry now
+        self._client = PolygonStream(
+            settings.polygon_ws_url, settings.polygon_api_key, self._on_frame,
+            reconnect_min=settings.stream_reconnect_min_seconds,
+            reconnect_max=settings.stream_reconnect_max_seconds,
+            on_lost=self._lost, on_restored=self._restored)
+
+    def run(self) -> int:
+        self._writer.start()
+        try:
+            asyncio.run(self._main())
+        finally:
+            self._listener_stop.set()
+            self._backlog.close()
+            self._writer.join()
+            self._snapshot_stats()
+        if self.stats.lost:
+            log.error("stopped with %d stream event(s) not written", self.stats.lost)
+            return 1
+        return 0
+
+    def _snapshot_stats(self) -> None:
+        self.stats.connections = self._client.connections
+        self.stats.reconnects = self._client.reconnects
+        self.stats.backlog = len(self._backlog)
+        self.stats.backlog_high = self._backlog.high_water
+
+    async def _main(self) -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, stop, sig)
+        await self._refresh()
+        if self._settings.redis_url:
+            threading.Thread(target=self._listen, args=(loop,), name="chronox-stream-signal",
+                             daemon=True).start()
+        log.info("stream: %s, %d symbol(s), writing to %s", self._settings.polygon_ws_url,
+                 len(self._wanted), self._engine.url.render_as_string(hide_password=True))
+        reader = asyncio.create_task(self._client.run())
+        helpers = [asyncio.create_task(self._follow_registry()), asyncio.create_task(self._report())]
+        stopper = asyncio.create_task(stop.wait())
+        try:
+            await asyncio.wait({reader, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            if reader.done():
+                reader.result()  # AuthFailed, or a bug: either ends the process
+        finally:
+            self._stopping = True
+            for task in (*helpers, stopper):
+                task.cancel()
+            await self._client.stop()
+            try:
+                await asyncio.wait_for(reader, 5)
+            except BaseException:  # its outcome was reported above, or it is being torn down
+                pass
+            if self._handoffs:
+                await asyncio.wait(self._handoffs, timeout=30)
+
+    def _on_signal(self, stop: asyncio.Event, sig: signal.Signals) -> None:
+        if stop.is_set():
+            log.error("%s again: abandoning writes that keep failing", sig.name)
+            self._writer.abort()
+            return
+        self.stats.flushed_on_stop = len(self._backlog)
+        log.warning("%s: stopping; flushing %d buffered event(s)", sig.name, self.stats.flushed_on_stop)
+        stop.set()
+
+    # -- the socket reader ---------------------------------------------------
+
+    async def _on_frame(self, frame: str | bytes) -> None:
+        try:
+            events, statuses = split_frame(frame)
+        except ValueError as exc:
+            text = frame.decode("utf-8", "replace") if isinstance(frame, bytes) else frame
+            events, statuses = [BadFrame(text[:2000], f"unreadable frame: {exc}")], []
+        for status in statuses:
+            if status.get("status") == "success":
+                log.debug("stream: %s", status.get("message"))
+            else:
+                log.warning("stream status %s: %s", status.get("status"), status.get("message"))
+        if not events:
+            return
+        self.stats.received += len(events)
+        if self._backlog.offer(events):
+            return
+        # Full: stop reading until the writer catches up, so the socket (not memory) holds the rest.
+        began = time.monotonic()
+        self.stats.backlog_full_waits += 1
+        if began - self._last_full_warning >= BACKLOG_WARN_SECONDS:
+            self._last_full_warning = began
+            log.warning("stream backlog full (%d events): writing is slower than the feed, reading "
+                        "paused (%d pause(s) so far)", len(self._backlog), self.stats.backlog_full_waits)
+        while not self._backlog.offer(events, force=self._stopping):
+            await asyncio.sleep(0.005)
+        self.stats.backlog_full_seconds += time.monotonic() - began
+
+    # -- following the registry ----------------------------------------------
+
+    async def _follow_registry(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), self._settings.stream_poll_seconds)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            await self._refresh()
+
+    async def _refresh(self) -> None:
+        try:
+            symbols = tuple(await asyncio.to_thread(registry.symbols_with_phase, self._engine, "stream"))
+        except Exception as exc:  # keep streaming what we have; the next poll retries
+            log.warning("stream: registry read failed, keeping %d subscription(s): %s", len(self._wanted), exc)
+            return
+        self._wanted = symbols
+        self.stats.subscribed = len(symbols)
+        added, removed = await self._client.set_channels(channel(s) for s in symbols)
+        if added or removed:
+            log.info("stream: subscribed %s; unsubscribed %s", _some(sorted(added)), _some(sorted(removed)))
+
+    def _listen(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Redis pub/sub wake-ups from the stream phase; polling keeps working without them."""
+        import redis
+
+        while not self._listener_stop.is_set():
+            pubsub = None
+            try:
+                client = redis.Redis.from_url(self._settings.redis_url or "", socket_connect_timeout=5)
+                pubsub = client.pubsub(ignore_subscribe_messages=True)
+                pubsub.subscribe(CONTROL_CHANNEL)
+                while not self._listener_stop.is_set():
+                    if pubsub.get_message(timeout=1.0) is not None:
+                        loop.call_soon_threadsafe(self._wake.set)
+            except Exception as exc:
+                log.warning("stream: Redis signal listener failed (%s); registry polling continues", exc)
+                self._listener_stop.wait(5)
+            finally:
+                if pubsub is not None:
+                    pubsub.close()
+
+    # -- outages -> gap fill ---------------------------------------------------
+
+    def _lost(self, reason: str) -> None:
+        if self._down is None:
+            self._down = (_utcnow(), self._wanted)
+
+    def _restored(self, seconds_down: float) -> None:
+        if self._down is None:
+            return
+        since, symbols = self._down
+        self._down = None
+        if not symbols:
+            return
+        start = (since - GAP_LEAD).replace(second=0, microsecond=0)
+        end = _utcnow().replace(microsecond=0) + dt.timedelta(seconds=1)
+        task = asyncio.create_task(asyncio.to_thread(self._hand_off, GapFill(symbols, start, end)))
+        self._handoffs.add(task)
+        task.add_done_callback(self._handoffs.discard)
+
+    def _hand_off(self, gap: GapFill) -> None:
+        entry: dict[str, Any] = {**gap.as_dict(), "dispatched": False}
+        first, last = gap.days
+        where = f"{len(gap.symbols)} symbol(s) ({_some(gap.symbols)}) missed {entry['from']} .. {entry['to']}"
+        if self._gap_fill is None:
+            entry["reason"] = "no broker configured"
+            # Beyond a screenful of symbols, the command covers every enabled symbol instead.
+            named = f" --symbols {' '.join(gap.symbols)}" if len(gap.symbols) <= 20 else ""
+            log.warning("gap fill NOT dispatched (no broker: CHRONOX_BROKER_URL is unset): %s; fill it with "
+                        "`chronox run --strategy api --start %s --end %s%s`", where, first, last, named)
+        else:
+            try:
+                entry["tasks"] = self._gap_fill(gap)
+                entry["dispatched"] = True
+                log.warning("gap fill queued (chronox.backfill, strategy api, %s .. %s): %s", first, last, where)
+            except Exception as exc:
+                entry["reason"] = f"{type(exc).__name__}: {exc}"
+                log.error("gap fill could not be dispatched (%s): %s", entry["reason"], where)
+        self.stats.gap_fills.append(entry)
+        del self.stats.gap_fills[:-100]
+
+    async def _report(self) -> None:
+        while True:
+            await asyncio.sleep(STATS_SECONDS)
+            self._snapshot_stats()
+            log.info("stream stats: %s", json.dumps(self.stats.as_dict()))
+
+
+def _some(items: Sequence[str], limit: int = 10) -> str:
+    if not items:
+        return "-"
+    head = ", ".join(items[:limit])
+    return head if len(items) <= limit else f"{head} and {len(items) - limit} more"
+
+
+def run_stream(settings: Settings, gap_fill: GapFillSender | None = None) -> tuple[int, dict[str, Any]]:
+    """Run the stream process until stopped: (exit code, final stats)."""
+    process = StreamProcess(settings, gap_fill)
+    code = process.run()
+    return code, process.stats.as_dict()
