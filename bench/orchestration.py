@@ -47,9 +47,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO, temporary_database  # noqa: E402
+from _common import PG_ADMIN_URL  # noqa: E402
 
-sys.path.insert(0, str(REPO))  # WorkerProcess lives with the tests
+from chronox.testing.services import temporary_database, truncate_all  # noqa: E402
 
 START = dt.date(2024, 1, 2)
 END = dt.date(2024, 1, 8)  # Jan 2, 3, 4, 5 and 8: five NYSE trading days
@@ -86,14 +86,12 @@ def generate(root: Path, symbols: list[str], extra: int) -> dict[tuple[str, str]
 
 def reset(url: str, symbols: list[str]) -> None:
     """Every table empty and the symbols registered afresh, as before a first load."""
-    from sqlalchemy import text
-
     from chronox.db import get_engine
-    from chronox.models import Base, SymbolRegistry
+    from chronox.models import SymbolRegistry
 
+    truncate_all(url)
     now = dt.datetime.now(dt.UTC)
     with get_engine(url).begin() as conn:
-        conn.execute(text("TRUNCATE " + ", ".join(t.name for t in Base.metadata.sorted_tables)))
         conn.execute(SymbolRegistry.__table__.insert(), [
             {"symbol": s, "strategy": "flatpack", "timeframe": "1m", "enabled": True, "status": "idle",
              "created_at": now, "updated_at": now} for s in symbols])
@@ -152,6 +150,7 @@ def _pool_init(env: dict[str, str], log_path: str) -> None:
     logging.basicConfig(filename=log_path, level=logging.INFO,
                         format="[%(asctime)s: %(levelname)s/%(processName)s] %(message)s")
     import chronox.backfill  # noqa: F401  (imported before timing, as a worker child has)
+    import chronox.completion  # noqa: F401
     import chronox.rest  # noqa: F401
 
 
@@ -200,10 +199,10 @@ def _job_prepare(steps: list[str], symbol: str, start: str, end: str) -> tuple[A
 
 
 def _job_finalize(symbol: str, start: str, end: str, days: list[str]) -> tuple[Any, float]:
-    from chronox import backfill
+    from chronox import completion
     from chronox.settings import load_settings
 
-    return _timed(lambda: backfill.finalize_symbol(load_settings(), symbol, start, end, days))
+    return _timed(lambda: completion.finalize_symbol(load_settings(), symbol, start, end, days))
 
 
 PREPARE_FUNCTIONS = ("chronox.rest.reference", "chronox.rest.corporate_actions", "chronox.rest.daily_bars")
@@ -290,7 +289,7 @@ class WorkerLogs:
         done: Counter = Counter()
         other: Counter = Counter()
         inside: dict[str, float] = defaultdict(float)
-        for path, offset in zip(self.paths, self.offsets):
+        for path, offset in zip(self.paths, self.offsets, strict=True):
             with open(path, "rb") as log:
                 log.seek(offset)
                 for match in TASK_LINE.finditer(log.read()):
@@ -346,7 +345,7 @@ def celery_execution(app, url: str, request: dict[str, Any],  # type: ignore[no-
 
 
 def start_workers(app, env: dict[str, str], count: int, log_dir: str) -> list:  # type: ignore[no-untyped-def]
-    from tests.conftest import WorkerProcess
+    from chronox.testing.workers import WorkerProcess
 
     workers = []
     try:
@@ -378,7 +377,7 @@ def main() -> None:
     symbols = symbols_of(args.symbols)
     request = {"symbols": None, "start": START.isoformat(), "end": END.isoformat(), "strategy": None}
     with tempfile.TemporaryDirectory(prefix="chronox-orch-") as tmp, \
-            temporary_database("chronox_bench_orch") as url:
+            temporary_database("chronox_bench_orch", PG_ADMIN_URL) as url:
         root = Path(tmp) / "flatfiles"
         began = time.perf_counter()
         expected = generate(root, symbols, args.extra_tickers)

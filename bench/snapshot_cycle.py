@@ -2,7 +2,7 @@
 versus the bare polygon-api-client fetching the same snapshots.
 
 5,000 symbols registered with strategy `snapshot` in a fresh PostgreSQL database; the
-Polygon REST stand-in (tests/stubs/polygon_rest.py) serves their snapshots on 127.0.0.1
+Polygon REST stand-in (chronox/testing/polygon_rest.py) serves their snapshots on 127.0.0.1
 from this process; Redis db 11 (flushed) takes the price cache and the pub/sub mirror,
 db 12 is the Celery broker; Kafka is librdkafka's mock broker.
 
@@ -25,9 +25,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO, mock_kafka, temporary_database  # noqa: E402
+from _common import PG_ADMIN_URL  # noqa: E402
 
-sys.path.insert(0, str(REPO))  # the Polygon stand-in lives with the tests
+from chronox.testing.services import MockKafka, temporary_database  # noqa: E402
 
 KEY = "bench-key"
 REDIS_URL = os.environ.get("CHRONOX_BENCH_REDIS_URL", "redis://127.0.0.1:6379/11")
@@ -79,7 +79,7 @@ def chronox_cycle() -> tuple[float, dict]:
 
 def start_workers(client, processes: int, log_dir: str):  # type: ignore[no-untyped-def]
     """`celery worker` processes on the Redis broker, as deployed; returns them once they answer `client`."""
-    from tests.conftest import WorkerProcess
+    from chronox.testing.workers import WorkerProcess
 
     os.environ["CHRONOX_TEST_LOG_DIR"] = log_dir
     worker = WorkerProcess(dict(os.environ), concurrency=processes, queues="chronox.rest,chronox.control")
@@ -110,7 +110,8 @@ def check(url: str, symbols: list[str]) -> None:
 
     with get_engine(url).connect() as conn:
         stored = conn.execute(text("SELECT count(*) FROM snapshot_latest")).scalar_one()
-        stamped = conn.execute(text("SELECT count(*) FROM symbol_registry WHERE last_snapshot IS NOT NULL")).scalar_one()
+        stamped = conn.execute(text("SELECT count(*) FROM symbol_registry "
+                                    "WHERE last_snapshot IS NOT NULL")).scalar_one()
     client = redis.Redis.from_url(REDIS_URL)
     cached = sum(1 for _ in client.scan_iter("latest_price:*", count=1000))
     if not stored == stamped == cached == len(symbols):
@@ -152,13 +153,14 @@ def main() -> None:
 
     import redis
 
-    from tests.stubs.polygon_rest import FakePolygonRest
+    from chronox.testing.polygon_rest import FakePolygonRest
 
     symbols = symbols_of(args.symbols)
     redis.Redis.from_url(REDIS_URL).flushdb()
     redis.Redis.from_url(BROKER_URL).flushdb()
-    holder, bootstrap = mock_kafka()
-    with FakePolygonRest(api_key=KEY) as fake, temporary_database("chronox_bench_snapshot") as url:
+    kafka = MockKafka()  # the cluster lives as long as this object
+    bootstrap = kafka.bootstrap
+    with FakePolygonRest(api_key=KEY) as fake, temporary_database("chronox_bench_snapshot", PG_ADMIN_URL) as url:
         for i, s in enumerate(symbols):
             fake.set_snapshot(s, price=10 + i % 500 + (i % 97) / 100, volume=1000 + i,
                               updated_ns=1_733_263_200_000_000_000 + i * 1_000_000, prev_close=10.0)
@@ -197,7 +199,7 @@ def main() -> None:
               f"processes, until every batch is stored, cached and published): {deployed:.2f} s "
               f"(first {first:.2f}; rounds {', '.join(f'{c:.2f}' for c in cycles)})")
         print(f"snapshot_cycle ratio={deployed / bare:.2f}")
-    del holder
+    del kafka
 
 
 if __name__ == "__main__":

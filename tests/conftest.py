@@ -1,21 +1,21 @@
-"""Fixtures on real services: PostgreSQL, Redis, librdkafka's mock Kafka, Celery workers."""
+"""Fixtures on real services: PostgreSQL, Redis, librdkafka's mock Kafka, Celery workers,
+the Polygon REST stand-in. The stand-ins and process helpers themselves are chronox.testing's."""
 from __future__ import annotations
 
 import datetime as dt
 import os
-import signal
-import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from sqlalchemy import create_engine, text
 
-from chronox.db import dispose_engines, get_engine, upgrade
+from chronox.db import dispose_engines, upgrade
+from chronox.testing.polygon_rest import FakePolygonRest
+from chronox.testing.services import MockKafka, temporary_database, truncate_all
+from chronox.testing.workers import WorkerProcess
+from tests.helpers import KEY
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -23,7 +23,6 @@ if TYPE_CHECKING:
 PG_ADMIN_URL = os.environ.get("CHRONOX_TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_SERVER = os.environ.get("CHRONOX_TEST_REDIS_SERVER", "redis://127.0.0.1:6379")
 REPO = Path(__file__).resolve().parent.parent
-TABLES = ("ohlcv_1m", "coverage", "quarantine", "publish_outbox", "symbol_registry")
 
 # Three trading days around nothing special, and a window with a holiday and a half day.
 DAYS = (dt.date(2024, 1, 2), dt.date(2024, 1, 3), dt.date(2024, 1, 4))
@@ -32,9 +31,15 @@ DAYS = (dt.date(2024, 1, 2), dt.date(2024, 1, 3), dt.date(2024, 1, 4))
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """Each test starts from the embedded defaults, whatever the shell exported."""
+    from chronox.settings import LEGACY_VARIABLES  # TIMESCALE_HOST, REDIS_HOST, ...: fallbacks, cleared too
+
     for name in list(os.environ):
-        if name.startswith("CHRONOX_") and not name.startswith("CHRONOX_TEST_") or name == "POLYGON_API_KEY":
+        if name.startswith("CHRONOX_") and not name.startswith("CHRONOX_TEST_") or name == "POLYGON_API_KEY" \
+                or name in LEGACY_VARIABLES:
             monkeypatch.delenv(name, raising=False)
+    from chronox import breaker
+
+    breaker._stores.clear()  # a provider's circuit, opened by one test's faults, is not the next test's
     yield
     dispose_engines()
 
@@ -42,25 +47,14 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture(scope="session")
 def pg_database() -> Iterator[str]:
     """A private database on the shared server, migrated once, dropped at the end."""
-    name = f"chronox_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    upgrade(url)
-    yield url
-    dispose_engines()
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with temporary_database(f"chronox_test_{os.getpid()}", PG_ADMIN_URL) as url:
+        yield url
 
 
 @pytest.fixture
 def pg_url(pg_database: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    """The PostgreSQL test database, emptied, and selected through the environment."""
-    engine = get_engine(pg_database)
-    with engine.begin() as conn:
-        conn.execute(text(f"TRUNCATE {', '.join(TABLES)}"))
+    """The PostgreSQL test database, every table emptied, and selected through the environment."""
+    truncate_all(pg_database)
     monkeypatch.setenv("CHRONOX_DATABASE_URL", pg_database)
     return pg_database
 
@@ -113,34 +107,6 @@ def redis_url(redis_database: str) -> str:
     empty()
 
 
-class MockKafka:
-    """librdkafka's in-process mock cluster; the product talks to it with kafka-python."""
-
-    def __init__(self) -> None:
-        import confluent_kafka
-
-        self._holder = confluent_kafka.Producer({"test.mock.num.brokers": 1,
-                                                 "bootstrap.servers": "unused", "log_level": 3})
-        broker = next(iter(self._holder.list_topics(timeout=10).brokers.values()))
-        self.bootstrap = f"{broker.host}:{broker.port}"
-
-    def messages(self, topic: str, timeout_ms: int = 3000) -> list:
-        from kafka import KafkaConsumer
-
-        consumer = KafkaConsumer(topic, bootstrap_servers=[self.bootstrap], auto_offset_reset="earliest",
-                                 enable_auto_commit=False, consumer_timeout_ms=timeout_ms,
-                                 group_id=None)
-        try:
-            return list(consumer)
-        finally:
-            consumer.close()
-
-    def json_messages(self, topic: str, timeout_ms: int = 3000) -> list[dict]:
-        import json
-
-        return [json.loads(m.value) for m in self.messages(topic, timeout_ms)]
-
-
 @pytest.fixture(scope="session")
 def kafka_cluster() -> MockKafka:
     return MockKafka()
@@ -165,46 +131,6 @@ def flatfiles(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return root
 
 
-class WorkerProcess:
-    def __init__(self, env: dict[str, str], concurrency: int = 2, queues: str | None = None,
-                 name: str | None = None):
-        self.name = name or f"w{uuid.uuid4().hex[:6]}"
-        args = [sys.executable, "-m", "celery", "-A", "chronox", "worker", "-P", "prefork",
-                "-c", str(concurrency), "-n", f"{self.name}@%h", "--loglevel", "INFO",
-                "--without-gossip", "--without-mingle", "-E"]
-        if queues:
-            args += ["-Q", queues]
-        self.log_path = Path(env.get("CHRONOX_TEST_LOG_DIR", "/tmp")) / f"chronox-worker-{self.name}.log"
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
-
-    def wait_ready(self, client: Celery, timeout: float = 60) -> None:
-        """Return once this worker answers `client`'s ping (see the celery_client fixture)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"worker exited early:\n{self.log()}")
-            replies = client.control.ping(timeout=1.0)
-            if any(self.name in key for reply in replies for key in reply):
-                return
-        raise RuntimeError(f"worker not ready in {timeout}s:\n{self.log()}")
-
-    def log(self) -> str:
-        self._log.flush()
-        return self.log_path.read_text(errors="replace")[-6000:]
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        self._log.close()
-
-
 @pytest.fixture
 def celery_broker(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
     """This test's Redis database as the Celery broker (and result backend), through the environment."""
@@ -216,7 +142,7 @@ def celery_broker(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
 def celery_client(celery_broker: str) -> Iterator[Celery]:
     """A Celery client of this test's workers (send_task, control, AsyncResult), made from the
     environment when first requested: list it after any fixture that moves the broker
-    (tests.faults.servers.private_redis)."""
+    (private_redis in tests/faults/conftest.py)."""
     from chronox.celery_app import make_client
     from chronox.settings import load_settings
 
@@ -244,3 +170,25 @@ def start_worker(celery_broker: str, tmp_path: Path, monkeypatch: pytest.MonkeyP
     yield start
     for worker in workers:
         worker.stop()
+
+
+@pytest.fixture
+def polygon(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakePolygonRest]:
+    """The Polygon REST stand-in, selected through the environment like a real deployment."""
+    with FakePolygonRest(api_key=KEY) as fake:
+        monkeypatch.setenv("POLYGON_API_KEY", KEY)
+        monkeypatch.setenv("CHRONOX_POLYGON_BASE_URL", fake.base_url)
+        monkeypatch.setenv("CHRONOX_POLYGON_TIMEOUT", "5")
+        yield fake
+
+
+@pytest.fixture
+def rest_db(db_url: str) -> str:
+    """db_url (SQLite and PostgreSQL) for the REST tests: every table starts empty there."""
+    return db_url
+
+
+@pytest.fixture
+def rest_pg(pg_url: str) -> str:
+    """pg_url for the REST tests: every table starts empty there."""
+    return pg_url

@@ -1,15 +1,24 @@
-"""Small helpers shared by tests: synthetic files, table counts."""
+"""Helpers shared by tests: synthetic files, table counts, bars in Polygon's JSON shape made
+from the same synthetic data as the flat files, and waiting for a condition or a run."""
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import text
 
+from chronox import registry
 from chronox.db import get_engine
 from chronox.sample import day_rows, write_day_file
+from chronox.testing.polygon_rest import FakePolygonRest
 
+KEY = "pk-TEST-5ecret-9f8e7d6c5b4a"  # Polygon API key: distinctive, so a leak shows up in any log or message
+
+
+# -- synthetic data -------------------------------------------------------------------------
 
 def write_days(root: Path, days: Sequence[dt.date], tickers: Sequence[str]) -> dict[tuple[str, dt.date], int]:
     """Write sample files; returns the expected rows per (ticker, day)."""
@@ -22,7 +31,36 @@ def write_days(root: Path, days: Sequence[dt.date], tickers: Sequence[str]) -> d
     return expected
 
 
-def count(url: str, sql: str, **params) -> int:
+def polygon_minute_bars(day: dt.date, symbol: str, shift: float = 0.0) -> list[dict[str, Any]]:
+    """The sample data of a symbol-day as Polygon aggregates (epoch ms), prices shifted by `shift`."""
+    return [{"t": ns // 1_000_000, "o": o + shift, "h": h + shift, "l": low + shift, "c": c + shift,
+             "v": v, "vw": round((h + low) / 2 + shift, 4), "n": n}
+            for _, v, o, c, h, low, ns, n in day_rows(day, [symbol])]
+
+
+def polygon_daily_bar(day: dt.date, symbol: str) -> dict[str, Any]:
+    """A daily aggregate of the sample data, stamped at New York midnight as Polygon does."""
+    from chronox.calendar import day_bounds_utc
+
+    rows = day_rows(day, [symbol])
+    return {"t": int(day_bounds_utc(day)[0].timestamp() * 1000), "o": rows[0][2], "c": rows[-1][3],
+            "h": max(r[4] for r in rows), "l": min(r[5] for r in rows), "v": sum(r[1] for r in rows),
+            "vw": rows[-1][3], "n": sum(r[7] for r in rows)}
+
+
+def serve_days(fake: FakePolygonRest, symbol: str, days: Sequence[dt.date], shift: float = 0.0) -> int:
+    """Put the sample minute bars of `days` on the stand-in; returns how many."""
+    total = 0
+    for day in days:
+        bars = polygon_minute_bars(day, symbol, shift)
+        fake.add_minute_bars(symbol, bars)
+        total += len(bars)
+    return total
+
+
+# -- reading the database -----------------------------------------------------------------
+
+def count(url: str, sql: str, **params: Any) -> int:
     with get_engine(url).connect() as conn:
         return int(conn.execute(text(sql), params).scalar_one())
 
@@ -41,3 +79,48 @@ def rows_by_symbol_day(url: str) -> dict[tuple[str, str], int]:
             key = (symbol, ts.astimezone(NEW_YORK).date().isoformat())
             out[key] = out.get(key, 0) + 1
     return out
+
+
+def statuses(url: str, symbols: Sequence[str]) -> dict[str, str]:
+    """Registry status per symbol."""
+    return registry.status_of(get_engine(url), symbols)
+
+
+# -- waiting --------------------------------------------------------------------------------
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition",
+               interval: float = 0.05, ignore: tuple[type[BaseException], ...] = ()) -> Any:
+    """Poll until predicate() is truthy and return its value; fail naming `what` after `timeout`.
+
+    An exception in `ignore` counts as not yet (a service a fault took away may be back soon).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            value = predicate()
+        except ignore:
+            value = None
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"not reached in {timeout:.0f}s: {what}")
+        time.sleep(interval)
+
+
+def wait_for_statuses(url: str, symbols: Sequence[str], timeout: float = 120,
+                      settled: Iterable[str] = ("completed", "error")) -> dict[str, str]:
+    """Wait until every symbol's registry status is one of `settled`; returns the statuses.
+    A database that does not answer (a fault test restarting it) counts as not yet."""
+    from sqlalchemy.exc import DBAPIError
+
+    settled = tuple(settled)
+    last: dict[str, str] = {}
+
+    def done() -> dict[str, str] | None:
+        last.update(statuses(url, symbols))
+        return dict(last) if len(last) == len(symbols) and all(s in settled for s in last.values()) else None
+
+    try:
+        return wait_until(done, timeout, f"registry statuses in {settled}", interval=0.3, ignore=(DBAPIError,))
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; last seen {last}") from None

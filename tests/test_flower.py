@@ -12,8 +12,7 @@ import urllib.request
 from chronox import registry
 from chronox.db import get_engine
 from tests.conftest import DAYS, REPO
-from tests.helpers import write_days
-from tests.test_e2e import wait_for_status
+from tests.helpers import wait_for_statuses, write_days
 
 
 def free_port() -> int:
@@ -54,12 +53,12 @@ def test_flower_lists_a_backfill_with_names_arguments_and_states(pg_url, flatfil
                 break
             except OSError:
                 if time.monotonic() > deadline:
-                    raise AssertionError((tmp_path / "flower.log").read_text())
+                    raise AssertionError((tmp_path / "flower.log").read_text()) from None
                 time.sleep(0.3)
         start_worker(concurrency=2)
         run = celery_client.send_task("chronox.backfill", args=["FLA"],
                                       kwargs={"start": DAYS[0].isoformat(), "end": DAYS[1].isoformat()})
-        assert wait_for_status(pg_url, ["FLA"]) == {"FLA": "completed"}
+        assert wait_for_statuses(pg_url, ["FLA"]) == {"FLA": "completed"}
         deadline = time.monotonic() + 20
         while True:
             tasks = get_json(f"{base}/api/tasks", "ops", "secret")

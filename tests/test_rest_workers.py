@@ -3,15 +3,14 @@ the request budget holds across worker processes, retries honour Retry-After and
 their limit with the error on the registry, and a registry run fans the api phase out
 into one task per window inside the symbol's chain."""
 import datetime as dt
+import re
 import time
 
 import pytest
 
 from chronox import registry
 from chronox.db import get_engine
-from tests.helpers import count, rows_by_symbol_day, write_days
-from tests.rest_support import KEY, polygon, rest_pg, serve_days  # noqa: F401
-from tests.test_e2e import wait_for_status
+from tests.helpers import KEY, count, rows_by_symbol_day, serve_days, wait_for_statuses, wait_until, write_days
 
 pytestmark = pytest.mark.timeout(180)
 D = dt.date
@@ -64,7 +63,7 @@ def test_retries_honour_retry_after_and_stop_at_their_limit(rest_pg, polygon, st
     attempts = [r for r in polygon.requests if r.path.startswith("/v2/aggs")]
     assert [r.status for r in attempts] == [429, 500, 500]  # the first try and two retries, then no more
     assert attempts[1].time - attempts[0].time >= 2.0  # Retry-After honoured
-    assert wait_for_status(rest_pg, ["RETRY"], timeout=20) == {"RETRY": "error"}  # on_failure runs after the result
+    assert wait_for_statuses(rest_pg, ["RETRY"], timeout=20) == {"RETRY": "error"}  # on_failure runs after the result
     row = registry.get_symbol(get_engine(rest_pg), "RETRY")
     assert row.error_message.startswith("chronox.rest.api_window failed: TransientPolygonError: "
                                            "Polygon answered 500 (Internal server error) for /v2/aggs/ticker/RETRY/")
@@ -89,14 +88,21 @@ def test_registry_run_fills_gap_windows_on_workers_and_one_bad_symbol_stops_no_o
     worker = start_worker(concurrency=3)
     celery_client.send_task("chronox.registry.execute", kwargs={"symbols": None, "start": days[0].isoformat(),
                                                                 "end": days[-1].isoformat()}).get(timeout=60)
-    assert wait_for_status(rest_pg, ["WIN", "BAD"]) == {"WIN": "completed", "BAD": "error"}, worker.log()
+    assert wait_for_statuses(rest_pg, ["WIN", "BAD"]) == {"WIN": "completed", "BAD": "error"}, worker.log()
     expected = {("WIN", d.isoformat()): flat[("WIN", d)] for d in flat_days}
     expected.update({("WIN", d.isoformat()): served[d] for d in gap_days})
     expected.update({("BAD", d.isoformat()): flat[("BAD", d)] for d in flat_days})
     assert rows_by_symbol_day(rest_pg) == expected
     assert count(rest_pg, "SELECT count(*) FROM coverage WHERE symbol = 'WIN' AND source = 'api'") == 3
-    window_tasks = worker.log().count("Task chronox.rest.api_window[")
-    assert window_tasks >= 3  # received and succeeded lines of three window tasks
+    # One api_window task per gap window, each succeeding once: read in the whole log (not its
+    # tail), once the worker's main process has logged the outcomes it may still be reporting.
+    def windows_succeeded() -> list[str]:
+        return re.findall(r"Task chronox\.rest\.api_window\[([0-9a-f-]{36})\] succeeded",
+                          worker.log_path.read_text(errors="replace"))
+
+    wait_until(lambda: len(windows_succeeded()) >= 3, timeout=10, what="three api_window tasks logged")
+    succeeded = windows_succeeded()
+    assert len(succeeded) == len(set(succeeded)) == 3, succeeded
     assert registry.get_symbol(engine, "WIN").last_backfill == D(2024, 12, 3)
     assert count(rest_pg, "SELECT count(*) FROM snapshot_latest WHERE symbol = 'WIN' AND price = 1234.5") == 1
     assert "404" in registry.get_symbol(engine, "BAD").error_message

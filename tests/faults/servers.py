@@ -11,10 +11,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 
 def free_port() -> int:
@@ -129,28 +126,3 @@ def _postgres_bin_dir() -> Path:
     if not versions:
         raise RuntimeError("initdb not found: install the PostgreSQL server package (scripts/test.sh does)")
     return Path(versions[-1]).parent
-
-
-@pytest.fixture
-def private_redis(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[PrivateRedis]:
-    """This test's broker and result backend."""
-    server = PrivateRedis(tmp_path / "redis")
-    monkeypatch.setenv("CHRONOX_BROKER_URL", server.url)
-    monkeypatch.setenv("CHRONOX_RESULT_BACKEND", server.url)
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def private_postgres(monkeypatch: pytest.MonkeyPatch) -> Iterator[PrivatePostgres]:
-    """This test's database, migrated and selected through the environment."""
-    from chronox.db import dispose_engines, upgrade
-
-    server = PrivatePostgres()
-    try:
-        upgrade(server.url)
-        monkeypatch.setenv("CHRONOX_DATABASE_URL", server.url)
-        yield server
-    finally:
-        dispose_engines()
-        server.destroy()

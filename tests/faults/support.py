@@ -16,17 +16,16 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-import pytest
 from sqlalchemy import text
 
 from chronox import registry
 from chronox.bars import isoformat_utc
 from chronox.db import get_engine
-from tests.helpers import rows_by_symbol_day, write_days
+from tests.helpers import rows_by_symbol_day, serve_days, statuses, wait_for_statuses, write_days
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -49,8 +48,6 @@ def prepare_run(url: str, flatfiles: Path | None, symbols: Sequence[str], days: 
     """Register `symbols` with `strategy` and put their bars where the strategy reads them:
     synthetic day files under `flatfiles`, and/or minute bars on the Polygon stand-in
     (`polygon`, for the api and snapshot phases). Returns the rows expected per (symbol, day)."""
-    from tests.rest_support import serve_days
-
     expected: Expected = {}
     if flatfiles is not None:
         expected.update(write_days(flatfiles, days, symbols))
@@ -89,47 +86,6 @@ def start_execution(symbols: Sequence[str] | None, days: Sequence[dt.date], stra
 
 
 # -- waiting ----------------------------------------------------------------------------
-
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.3,
-               ignore: tuple[type[BaseException], ...] = ()) -> Any:
-    """Poll until predicate() is truthy and return its value; fail naming `what` after `timeout`.
-
-    An exception in `ignore` counts as not yet (a service the fault took away may be back soon).
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            value = predicate()
-        except ignore:
-            value = None
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"not reached in {timeout:.0f}s: {what}")
-        time.sleep(interval)
-
-
-def statuses(url: str, symbols: Sequence[str]) -> dict[str, str]:
-    return registry.status_of(get_engine(url), symbols)
-
-
-def wait_for_statuses(url: str, symbols: Sequence[str], timeout: float = 120,
-                      settled: Iterable[str] = ("completed", "error")) -> dict[str, str]:
-    """Wait until every symbol's registry status is one of `settled`; returns the statuses."""
-    from sqlalchemy.exc import DBAPIError
-
-    settled = tuple(settled)
-    last: dict[str, str] = {}
-
-    def done() -> dict[str, str] | None:
-        last.update(statuses(url, symbols))
-        return dict(last) if len(last) == len(symbols) and all(s in settled for s in last.values()) else None
-
-    try:
-        return wait_until(done, timeout, f"registry statuses in {settled}", ignore=(DBAPIError,))
-    except AssertionError as exc:
-        raise AssertionError(f"{exc}; last seen {last}") from None
-
 
 def broker_backlog(redis_url: str) -> int:
     """Task messages the Redis broker still holds: queued, or delivered and not yet acked.
@@ -268,18 +224,6 @@ class PrivateKafka:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-
-
-@pytest.fixture
-def private_kafka(monkeypatch: pytest.MonkeyPatch) -> Iterator[PrivateKafka]:
-    """A mock Kafka cluster for this test alone, selected through the environment."""
-    cluster = PrivateKafka()
-    monkeypatch.setenv("CHRONOX_KAFKA_BROKERS", cluster.bootstrap)
-    from chronox import publish
-
-    publish._publishers.clear()
-    yield cluster
-    cluster.stop()
 
 
 # -- the end state --------------------------------------------------------------------------

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 import pytest
 
 from tests.conftest import DAYS
-from tests.faults.servers import private_postgres, private_redis  # noqa: F401  (fixtures)
-from tests.faults.support import assert_same_end_state_as_fault_free, prepare_run, report, wait_for_run, wait_until
+from tests.faults.support import assert_same_end_state_as_fault_free, prepare_run, report, wait_for_run
+from tests.helpers import wait_until
 
 if TYPE_CHECKING:
     from celery import Celery

@@ -52,6 +52,37 @@ _DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 # Params that steer paging rather than filter records.
 _PAGING_PARAMS = {"limit", "sort", "order", "cursor", "apiKey", "offset"}
 
+# The example result of GET /v2/reference/news in Polygon's REST specification (ListNews,
+# the 200 response's example), verbatim: what a news article looks like on the wire.
+NEWS_EXAMPLE: dict[str, Any] = {
+    "amp_url": "https://m.uk.investing.com/news/stock-market-news/markets-are-underestimating-fed-cuts-ubs-3559968"
+               "?ampMode=1",
+    "article_url": "https://uk.investing.com/news/stock-market-news/markets-are-underestimating-fed-cuts-ubs-3559968",
+    "author": "Sam Boughedda",
+    "description": "UBS analysts warn that markets are underestimating the extent of future interest rate cuts by the"
+                   " Federal Reserve, as the weakening economy is likely to justify more cuts than currently"
+                   " anticipated.",
+    "id": "8ec638777ca03b553ae516761c2a22ba2fdd2f37befae3ab6fdab74e9e5193eb",
+    "image_url": "https://i-invdn-com.investing.com/news/LYNXNPEC4I0AL_L.jpg",
+    "insights": [{
+        "sentiment": "positive",
+        "sentiment_reasoning": "UBS analysts are providing a bullish outlook on the extent of future Federal Reserve"
+                               " rate cuts, suggesting that markets are underestimating the number of cuts that will"
+                               " occur.",
+        "ticker": "UBS",
+    }],
+    "keywords": ["Federal Reserve", "interest rates", "economic data"],
+    "published_utc": "2024-06-24T18:33:53Z",
+    "publisher": {
+        "favicon_url": "https://s3.polygon.io/public/assets/news/favicons/investing.ico",
+        "homepage_url": "https://www.investing.com/",
+        "logo_url": "https://s3.polygon.io/public/assets/news/logos/investing.png",
+        "name": "Investing.com",
+    },
+    "tickers": ["UBS"],
+    "title": "Markets are underestimating Fed cuts: UBS By Investing.com - Investing.com UK",
+}
+
 
 @dataclass
 class RequestRecord:
@@ -123,13 +154,15 @@ def _int_param(query: dict[str, str], name: str, default: int, maximum: int) -> 
 def _merge_bars(bars: list[dict[str, Any]], start: int) -> dict[str, Any]:
     volume = sum(b.get("v", 0) for b in bars)
     vw_num = sum(b.get("vw", b.get("c", 0)) * b.get("v", 0) for b in bars)
+    highs: list[Any] = [b.get("h", b.get("c")) for b in bars]
+    lows: list[Any] = [b.get("l", b.get("c")) for b in bars]
     return {
         "v": volume,
         "vw": round(vw_num / volume, 4) if volume else bars[-1].get("c"),
         "o": bars[0].get("o"),
         "c": bars[-1].get("c"),
-        "h": max(b.get("h", b.get("c")) for b in bars),
-        "l": min(b.get("l", b.get("c")) for b in bars),
+        "h": max(highs),
+        "l": min(lows),
         "t": start,
         "n": sum(b.get("n", 0) for b in bars),
     }
@@ -138,7 +171,7 @@ def _merge_bars(bars: list[dict[str, Any]], start: int) -> dict[str, Any]:
 def _bucket(bars: list[dict[str, Any]], size_ms: int) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     group: list[dict[str, Any]] = []
-    group_start = None
+    group_start = 0  # compared only once `group` holds a bar
     for bar in bars:
         start = bar["t"] - bar["t"] % size_ms
         if start != group_start and group:
@@ -224,6 +257,10 @@ class FakePolygonRest:
         self._details: dict[str, dict[str, Any]] = {}
         self._dividends: list[dict[str, Any]] = []
         self._splits: list[dict[str, Any]] = []
+        self._news: list[dict[str, Any]] = []  # ticker news articles, as served
+        # Answers served as given (e.g. Polygon's documented examples), not derived from bars.
+        self._snapshot_records: dict[str, dict[str, Any]] = {}
+        self._last_trade_records: dict[str, dict[str, Any]] = {}
         self._faults: list[_Fault] = []
         self._ratio = 0.0
         self._ratio_kinds: tuple[str, ...] = ()
@@ -234,6 +271,8 @@ class FakePolygonRest:
         self._server = _Server((host, port), _Handler)
         self._server.fake = self
         bound_host, bound_port = self._server.server_address[:2]
+        if isinstance(bound_host, bytes):
+            bound_host = bound_host.decode()
         self.base_url = f"http://{bound_host}:{bound_port}"
         self._thread: threading.Thread | None = None
 
@@ -313,11 +352,21 @@ class FakePolygonRest:
         with self._lock:
             self._details[ticker] = {**base, **details}
 
-    def add_dividends(self, ticker: str, dividends: Iterable[dict[str, Any]]) -> None:
-        self._add_reference(self._dividends, ticker, dividends, "E")
+    def add_dividends(self, ticker: str, dividends: Iterable[dict[str, Any]], assign_ids: bool = True) -> None:
+        """assign_ids=False serves records without an `id`, as older API versions (and
+        Polygon's documented examples until 2024) did."""
+        self._add_reference(self._dividends, ticker, dividends, "E", assign_ids)
 
-    def add_splits(self, ticker: str, splits: Iterable[dict[str, Any]]) -> None:
-        self._add_reference(self._splits, ticker, splits, "P")
+    def add_splits(self, ticker: str, splits: Iterable[dict[str, Any]], assign_ids: bool = True) -> None:
+        self._add_reference(self._splits, ticker, splits, "P", assign_ids)
+
+    def add_news(self, articles: Iterable[dict[str, Any]]) -> None:
+        """Articles for /v2/reference/news, each in the shape of NEWS_EXAMPLE; an article
+        with the id of one already served replaces it."""
+        with self._lock:
+            by_id = {a["id"]: a for a in self._news}
+            by_id.update({a["id"]: dict(a) for a in articles})
+            self._news = list(by_id.values())
 
     def _add_reference(
         self,
@@ -325,13 +374,25 @@ class FakePolygonRest:
         ticker: str,
         records: Iterable[dict[str, Any]],
         id_prefix: str,
+        assign_ids: bool = True,
     ) -> None:
         with self._lock:
             for record in records:
                 self._id_counter += 1
                 item = {"ticker": ticker, **record}
-                item.setdefault("id", f"{id_prefix}{self._id_counter:063x}")
+                if assign_ids:
+                    item.setdefault("id", f"{id_prefix}{self._id_counter:063x}")
                 store.append(item)
+
+    def set_snapshot_record(self, record: dict[str, Any]) -> None:
+        """Serve `record` verbatim as its ticker's entry in the snapshot answers."""
+        with self._lock:
+            self._snapshot_records[record["ticker"]] = dict(record)
+
+    def set_last_trade_record(self, ticker: str, results: dict[str, Any]) -> None:
+        """Serve `results` verbatim as the last trade of `ticker`."""
+        with self._lock:
+            self._last_trade_records[ticker] = dict(results)
 
     # -- faults ----------------------------------------------------------
 
@@ -542,7 +603,44 @@ class FakePolygonRest:
             return self._reference(self._dividends, path, query)
         if path.rstrip("/") == "/v3/reference/splits":
             return self._reference(self._splits, path, query)
+        if path.rstrip("/") == "/v2/reference/news":
+            return self._news_page(path, query)
         raise _ApiError(404, {"status": "NOT_FOUND", "message": "Not found"})
+
+    def _news_page(self, path: str, query: dict[str, str]) -> dict[str, Any]:
+        """Ticker news: `ticker` matches any of an article's tickers; published_utc with
+        .gt/.gte/.lt/.lte bounds (a date or a date-time); sorted by published_utc, `order`
+        asc or desc (default desc); `limit` 1-1000 (default 10); cursor paging."""
+        if "cursor" in query:
+            query = _decode_cursor(query["cursor"])
+        limit = _int_param(query, "limit", 10, 1000)
+        offset = int(query["offset"]) if query.get("offset", "").isdigit() else 0
+
+        def moment(text: str) -> datetime:
+            try:
+                parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+            except ValueError:
+                raise _ApiError(400, {"status": "ERROR", "error": f"Could not parse published_utc '{text}'"}) from None
+            return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+        bounds = {op: moment(query[f"published_utc{suffix}"])
+                  for op, suffix in (("eq", ""), ("gt", ".gt"), ("gte", ".gte"), ("lt", ".lt"), ("lte", ".lte"))
+                  if f"published_utc{suffix}" in query}
+        checks = {"eq": lambda a, b: a == b, "gt": lambda a, b: a > b, "gte": lambda a, b: a >= b,
+                  "lt": lambda a, b: a < b, "lte": lambda a, b: a <= b}
+        with self._lock:
+            articles = [dict(a) for a in self._news]
+        matched = [a for a in articles
+                   if ("ticker" not in query or query["ticker"] in a.get("tickers", []))
+                   and all(checks[op](moment(a["published_utc"]), bound) for op, bound in bounds.items())]
+        matched.sort(key=lambda a: (moment(a["published_utc"]), a["id"]), reverse=query.get("order", "desc") == "desc")
+        page = matched[offset:offset + limit]
+        response: dict[str, Any] = {"status": "OK", "count": len(page), "results": page}
+        if offset + limit < len(matched):
+            state = {k: v for k, v in query.items() if k not in ("cursor", "apiKey")}
+            state.update(limit=str(limit), offset=str(offset + limit))
+            response["next_url"] = f"{self.base_url}{path}?cursor={_encode_cursor(state)}"
+        return response
 
     def _aggs(
         self, ticker: str, multiplier: str, timespan: str, from_: str, to: str, path: str, query: dict[str, str]
@@ -640,6 +738,10 @@ class FakePolygonRest:
         return {"last": last, "day": day, "prev_day": prev_day, "updated_ns": last["t"] * 1_000_000}
 
     def _snapshot(self, ticker: str) -> dict[str, Any] | None:
+        with self._lock:
+            record = self._snapshot_records.get(ticker)
+        if record is not None:
+            return dict(record)
         state = self._snapshot_state(ticker)
         if state is None:
             return None
@@ -665,11 +767,15 @@ class FakePolygonRest:
             wanted = [t.strip() for t in query["tickers"].split(",") if t.strip()]
         else:
             with self._lock:
-                wanted = sorted(set(self._snapshots) | set(self._minute))
+                wanted = sorted(set(self._snapshots) | set(self._minute) | set(self._snapshot_records))
         snaps = [s for s in (self._snapshot(t) for t in wanted) if s is not None]
         return {"status": "OK", "count": len(snaps), "tickers": snaps}
 
     def _last_trade(self, ticker: str) -> dict[str, Any]:
+        with self._lock:
+            record = self._last_trade_records.get(ticker)
+        if record is not None:
+            return {"status": "OK", "results": dict(record)}
         state = self._snapshot_state(ticker)
         if state is None:
             raise _ApiError(404, {"status": "NOT_FOUND", "message": "Data not found."})

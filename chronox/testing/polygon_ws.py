@@ -267,15 +267,15 @@ class FakePolygonStream:
     # -- pushing data ----------------------------------------------------
 
     def send_events(self, events: Iterable[dict[str, Any]]) -> int:
-        """Send events (each with "ev" and "sym") as one JSON array to every
-        authenticated connection, keeping only the events it subscribed to.
+        """Send events (each with "ev" and "sym", or "pair" on the crypto cluster) as one JSON
+        array to every authenticated connection, keeping only the events it subscribed to.
         Returns the number of frames sent."""
         events = list(events)
 
         async def push() -> int:
             sent = 0
             for conn in self._targets():
-                mine = [e for e in events if conn.wants(f"{e.get('ev')}.{e.get('sym')}")]
+                mine = [e for e in events if conn.wants(f"{e.get('ev')}.{e.get('sym', e.get('pair'))}")]
                 if mine:
                     try:
                         await conn.ws.send(json.dumps(mine))

@@ -1,0 +1,48 @@
+"""Fixtures of the fault tests: servers a test owns and may take away (tests.faults.servers,
+tests.faults.support.PrivateKafka), each selected through the environment."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.faults.servers import PrivatePostgres, PrivateRedis
+from tests.faults.support import PrivateKafka
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[PrivateRedis]:
+    """This test's broker and result backend."""
+    server = PrivateRedis(tmp_path / "redis")
+    monkeypatch.setenv("CHRONOX_BROKER_URL", server.url)
+    monkeypatch.setenv("CHRONOX_RESULT_BACKEND", server.url)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def private_postgres(monkeypatch: pytest.MonkeyPatch) -> Iterator[PrivatePostgres]:
+    """This test's database, migrated and selected through the environment."""
+    from chronox.db import dispose_engines, upgrade
+
+    server = PrivatePostgres()
+    try:
+        upgrade(server.url)
+        monkeypatch.setenv("CHRONOX_DATABASE_URL", server.url)
+        yield server
+    finally:
+        dispose_engines()
+        server.destroy()
+
+
+@pytest.fixture
+def private_kafka(monkeypatch: pytest.MonkeyPatch) -> Iterator[PrivateKafka]:
+    """A mock Kafka cluster for this test alone, selected through the environment."""
+    cluster = PrivateKafka()
+    monkeypatch.setenv("CHRONOX_KAFKA_BROKERS", cluster.bootstrap)
+    from chronox import publish
+
+    publish._publishers.clear()
+    yield cluster
+    cluster.stop()
