@@ -24,8 +24,18 @@ from sqlalchemy import Connection, Engine, and_, case, select, update
 from sqlalchemy.exc import IntegrityError
 
 from chronox.bars import UTC, isoformat_utc
+from chronox.markets import (
+    Instrument,
+    Market,
+    ProviderId,
+    canonical_symbol,
+    check_phases,
+    lookup_symbol,
+    parse_market,
+    parse_provider,
+)
 from chronox.models import NoteKind, RegistryStatus, SymbolRegistry, table
-from chronox.strategy import InvalidInput, canonical_strategy, parse_strategy, validate_symbol, validate_timeframe
+from chronox.strategy import InvalidInput, canonical_strategy, parse_strategy, validate_timeframe
 
 REGISTRY = table(SymbolRegistry)
 WARNING_PREFIX = "warning: "
@@ -83,6 +93,9 @@ class RegistryRow:
     note_kind: NoteKind | None
     created_at: dt.datetime | None
     updated_at: dt.datetime | None
+    market: Market = Market.STOCKS
+    provider: ProviderId = ProviderId.POLYGON
+    provider_symbol: str | None = None
 
     @classmethod
     def from_db(cls, row: Any) -> RegistryRow:
@@ -92,11 +105,17 @@ class RegistryRow:
                    last_stream=_utc(m["last_stream"]), status=RegistryStatus(m["status"]),
                    error_message=m["error_message"],
                    note_kind=NoteKind(m["note_kind"]) if m["note_kind"] else None,
-                   created_at=_utc(m["created_at"]), updated_at=_utc(m["updated_at"]))
+                   created_at=_utc(m["created_at"]), updated_at=_utc(m["updated_at"]),
+                   market=Market(m["market"]), provider=ProviderId(m["provider"]),
+                   provider_symbol=m["provider_symbol"])
 
     @property
     def phases(self) -> tuple[str, ...]:
         return parse_strategy(self.strategy)
+
+    @property
+    def instrument(self) -> Instrument:
+        return Instrument(self.symbol, self.market, self.provider, self.provider_symbol)
 
     @property
     def warning(self) -> str | None:
@@ -150,11 +169,21 @@ def _chunks(symbols: Sequence[str]) -> Iterator[list[str]]:
 # -- registration -------------------------------------------------------------------
 
 
-def add_symbol(bind: Bind, symbol: str, strategy: str, timeframe: str = "1m", enabled: bool = True) -> RegistryRow:
-    symbol = validate_symbol(symbol)
-    values = {"symbol": symbol, "strategy": canonical_strategy(strategy),
-              "timeframe": validate_timeframe(timeframe), "enabled": enabled, "status": RegistryStatus.IDLE.value,
-              "created_at": _now(), "updated_at": _now()}
+def add_symbol(bind: Bind, symbol: str, strategy: str, timeframe: str = "1m", enabled: bool = True,
+               market: str = Market.STOCKS, provider: str = ProviderId.POLYGON,
+               provider_symbol: str | None = None) -> RegistryRow:
+    """Register a symbol; a phase or timeframe its provider cannot serve is refused with the reason."""
+    the_market = parse_market(market)
+    the_provider = parse_provider(provider, the_market)
+    symbol = canonical_symbol(symbol, the_market)
+    strategy, timeframe = canonical_strategy(strategy), validate_timeframe(timeframe)
+    check_phases(parse_strategy(strategy), the_market, the_provider, timeframe)
+    if the_provider == ProviderId.COINGECKO and not provider_symbol:
+        raise InvalidInput(f"coingecko needs its coin id for {symbol}: give --provider-symbol (e.g. bitcoin)")
+    values = {"symbol": symbol, "strategy": strategy, "timeframe": timeframe, "enabled": enabled,
+              "market": the_market.value, "provider": the_provider.value,
+              "provider_symbol": provider_symbol.strip() if provider_symbol else None,
+              "status": RegistryStatus.IDLE.value, "created_at": _now(), "updated_at": _now()}
     try:
         with _begin(bind) as conn:
             conn.execute(REGISTRY.insert().values(**values))
@@ -164,7 +193,7 @@ def add_symbol(bind: Bind, symbol: str, strategy: str, timeframe: str = "1m", en
 
 
 def get_symbol(bind: Bind, symbol: str) -> RegistryRow:
-    symbol = validate_symbol(symbol)
+    symbol = lookup_symbol(symbol)
     with _begin(bind) as conn:
         row = conn.execute(select(REGISTRY).where(REGISTRY.c.symbol == symbol)).first()
     if row is None:
@@ -173,13 +202,15 @@ def get_symbol(bind: Bind, symbol: str) -> RegistryRow:
 
 
 def list_symbols(bind: Bind, enabled_only: bool = False, symbols: Sequence[str] | None = None,
-                 phase: str | None = None) -> list[RegistryRow]:
-    """Rows by symbol; `phase` keeps those whose strategy has it."""
+                 phase: str | None = None, market: str | None = None) -> list[RegistryRow]:
+    """Rows by symbol; `phase` keeps those whose strategy has it, `market` those of a market."""
     query = select(REGISTRY).order_by(REGISTRY.c.symbol)
     if enabled_only:
         query = query.where(REGISTRY.c.enabled.is_(True))
+    if market is not None:
+        query = query.where(REGISTRY.c.market == parse_market(market).value)
     if symbols is not None:
-        query = query.where(REGISTRY.c.symbol.in_([validate_symbol(s) for s in symbols]))
+        query = query.where(REGISTRY.c.symbol.in_([lookup_symbol(s) for s in symbols]))
     with _begin(bind) as conn:
         rows = [RegistryRow.from_db(row) for row in conn.execute(query)]
     return [r for r in rows if phase is None or phase in r.phases]
@@ -192,7 +223,8 @@ def symbols_with_phase(bind: Bind, phase: str) -> list[str]:
 
 def update_symbol(bind: Bind, symbol: str, strategy: str | None = None,
                   timeframe: str | None = None, enabled: bool | None = None) -> RegistryRow:
-    symbol = validate_symbol(symbol)
+    current = get_symbol(bind, symbol)
+    symbol = current.symbol
     values: dict[str, Any] = {"updated_at": _now()}
     if strategy is not None:
         values["strategy"] = canonical_strategy(strategy)
@@ -200,6 +232,8 @@ def update_symbol(bind: Bind, symbol: str, strategy: str | None = None,
         values["timeframe"] = validate_timeframe(timeframe)
     if enabled is not None:
         values["enabled"] = enabled
+    check_phases(parse_strategy(values.get("strategy", current.strategy)), current.market, current.provider,
+                 values.get("timeframe", current.timeframe))
     with _begin(bind) as conn:
         changed = conn.execute(update(REGISTRY).where(REGISTRY.c.symbol == symbol).values(**values)).rowcount
     if not changed:
@@ -208,7 +242,7 @@ def update_symbol(bind: Bind, symbol: str, strategy: str | None = None,
 
 
 def remove_symbol(bind: Bind, symbol: str) -> None:
-    symbol = validate_symbol(symbol)
+    symbol = lookup_symbol(symbol)
     with _begin(bind) as conn:
         removed = conn.execute(REGISTRY.delete().where(REGISTRY.c.symbol == symbol)).rowcount
     if not removed:
@@ -250,7 +284,8 @@ def note_warning(bind: Bind, symbols: Sequence[str], detail: str) -> None:
     note = Note.warning(detail)
     with _begin(bind) as conn:
         for chunk in _chunks(symbols):
-            conn.execute(update(REGISTRY).where(REGISTRY.c.symbol.in_(chunk), REGISTRY.c.status != RegistryStatus.ERROR.value)
+            conn.execute(update(REGISTRY)
+                         .where(REGISTRY.c.symbol.in_(chunk), REGISTRY.c.status != RegistryStatus.ERROR.value)
                          .values(error_message=note.text, note_kind=note.kind.value, updated_at=_now()))
 
 
@@ -293,9 +328,10 @@ def busy_symbols(bind: Bind, now: dt.datetime, stale_after: dt.timedelta) -> set
         return {symbol for symbol, updated in rows if updated is not None and (_utc(updated) or now) > cutoff}
 
 
-def status_report(bind: Bind) -> dict[str, Any]:
-    """What `chronox status` shows: counts by status, errors, stale streams, last stamps."""
-    rows = list_symbols(bind)
+def status_report(bind: Bind, market: str | None = None) -> dict[str, Any]:
+    """What `chronox status` shows: counts by status, errors, stale streams, last stamps
+    (of one market's symbols when `market` is given)."""
+    rows = list_symbols(bind, market=market)
     counts = {status.value: 0 for status in RegistryStatus}
     for row in rows:
         counts[row.status] += 1
@@ -303,6 +339,7 @@ def status_report(bind: Bind) -> dict[str, Any]:
               if r.status == RegistryStatus.ERROR and not r.stale]
     stale = [{"symbol": r.symbol, "last_stream": isoformat_utc(r.last_stream), "error_message": r.error_message}
              for r in rows if r.stale]
-    stamps = [{k: v for k, v in r.as_json().items() if k in ("symbol", "strategy", "enabled", "status", "last_backfill",
-                                                             "last_snapshot", "last_stream")} for r in rows]
+    stamps = [{k: v for k, v in r.as_json().items() if k in ("symbol", "market", "provider", "strategy", "enabled",
+                                                             "status", "last_backfill", "last_snapshot",
+                                                             "last_stream")} for r in rows]
     return {"total": len(rows), "by_status": counts, "errors": errors, "stale_streams": stale, "symbols": stamps}

@@ -4,13 +4,14 @@ this module runs.
 """
 from __future__ import annotations
 
+import datetime as dt
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from celery.canvas import Signature
 
-from chronox import registry
+from chronox import completion, registry
 from chronox.backfill import RunPlan
 from chronox.db import get_engine
 from chronox.models import RegistryStatus
@@ -71,12 +72,20 @@ def dispatch(request: dict[str, Any]) -> Any:
 
 
 def follow(settings: Settings, symbols: list[str], timeout: float,
-           on_progress: Callable[[int], None] | None = None) -> dict[str, str]:
-    """Poll the registry until every symbol is completed or error; their statuses."""
+           on_progress: Callable[[int], None] | None = None, adhoc: Sequence[str] = (),
+           since: dt.datetime | None = None) -> dict[str, str]:
+    """Poll until every symbol is completed or error; their statuses.
+
+    Registered symbols are followed on the registry; `adhoc` ones (no registry row) on
+    the run outcome finalize records, counting only outcomes newer than `since`.
+    """
     engine = get_engine(settings.database_url)
     deadline = time.monotonic() + timeout
+    registered = [s for s in symbols if s not in set(adhoc)]
+    started = since or dt.datetime.now(dt.UTC)
     while True:
-        states = registry.status_of(engine, symbols)
+        states = {**registry.status_of(engine, registered),
+                  **{s: "running" for s in adhoc}, **completion.settled(engine, adhoc, started)}
         finished = sum(1 for s in states.values() if s in SETTLED)
         if on_progress is not None:
             on_progress(finished)

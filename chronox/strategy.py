@@ -5,7 +5,7 @@ import datetime as dt
 import re
 from typing import overload
 
-PHASES: tuple[str, ...] = ("flatpack", "api", "snapshot", "stream")
+PHASES: tuple[str, ...] = ("flatpack", "api", "snapshot", "stream", "news")
 
 # Older configurations used upper-case enum names; accepted case-insensitively.
 LEGACY_ALIASES: dict[str, tuple[str, ...]] = {
@@ -20,9 +20,10 @@ LEGACY_ALIASES: dict[str, tuple[str, ...]] = {
 }
 
 SYMBOL_PATTERN = re.compile(r"^[A-Z0-9][A-Z0-9.\-]{0,9}$")
-TIMEFRAMES: tuple[str, ...] = ("1m",)
-# Coarser bars are views over ohlcv_1m (migration 0003), not something a run fetches.
-ROLLUP_VIEWS = {"5m": "ohlcv_5m", "15m": "ohlcv_15m", "1h": "ohlcv_1h"}
+# The timeframes a symbol is registered at: the granularity its REST bars are fetched at and
+# its Kafka envelopes carry. Minutes are stored whatever the timeframe (flat files hold
+# them) and rolled up to 5m, 15m and 1h (chronox.rollups).
+TIMEFRAMES: tuple[str, ...] = ("1m", "5m", "15m", "1h", "1d")
 
 
 class InvalidInput(ValueError):
@@ -71,9 +72,6 @@ def validate_symbol(text: str) -> str:
 
 def validate_timeframe(text: str) -> str:
     tf = (text or "").strip().lower() if isinstance(text, str) else ""
-    if tf in ROLLUP_VIEWS:
-        raise InvalidInput(f"timeframe {tf} is not ingested: ChronoX stores 1m bars and serves {tf} "
-                           f"from the view {ROLLUP_VIEWS[tf]}")
     if tf not in TIMEFRAMES:
         raise InvalidInput(f"unsupported timeframe {text!r}; supported: {', '.join(TIMEFRAMES)}")
     return tf

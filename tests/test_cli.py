@@ -21,9 +21,11 @@ def test_symbols_lifecycle(db_url):
     row = json.loads(out)
     assert code == 0
     assert set(row) == {"symbol", "strategy", "timeframe", "enabled", "last_backfill", "last_snapshot",
-                        "last_stream", "status", "error_message", "created_at", "updated_at"}
+                        "last_stream", "status", "error_message", "created_at", "updated_at",
+                        "market", "provider", "provider_symbol"}
     assert (row["symbol"], row["strategy"], row["timeframe"], row["enabled"], row["status"]) == \
         ("AAPL", "flatpack+api", "1m", True, "idle")
+    assert (row["market"], row["provider"], row["provider_symbol"]) == ("stocks", "polygon", None)
     assert row["created_at"].endswith("Z") and row["last_backfill"] is None
     code, out = invoke("symbols", "list", "--enabled-only", "--json")
     assert [r["symbol"] for r in json.loads(out)] == ["AAPL"]
@@ -53,7 +55,7 @@ def test_user_errors_are_one_line_and_nonzero(sqlite_url, args, message):
     assert result.exit_code != 0
     assert message in result.output
     assert "Traceback" not in result.output
-    assert len([l for l in result.output.splitlines() if l.startswith("Error")]) == 1
+    assert len([line for line in result.output.splitlines() if line.startswith("Error")]) == 1
 
 
 def test_duplicate_registration_is_a_clear_error(sqlite_url):
@@ -121,7 +123,7 @@ def test_demo_runs_offline_and_is_repeatable(tmp_path):
     from tests.helpers import count
 
     env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("CHRONOX_")}
-    for attempt in range(2):
+    for _ in range(2):
         proc = subprocess.run([sys.executable, "-m", "chronox.cli", "demo"], cwd=tmp_path, env=env,
                               capture_output=True, text=True, timeout=180)
         assert proc.returncode == 0, proc.stderr
@@ -129,9 +131,16 @@ def test_demo_runs_offline_and_is_repeatable(tmp_path):
     assert "SYNTHETIC" in out and "kafka: off" in out and "quarantined rows: 0" in out
     assert "Thanksgiving" in out
     url = f"sqlite:///{tmp_path / 'chronox.db'}"
-    assert count(url, "SELECT count(*) FROM symbol_registry WHERE status = 'completed'") == 3
-    assert count(url, "SELECT count(DISTINCT trading_day) FROM coverage") == 6  # 7 weekdays less Thanksgiving
-    assert count(url, "SELECT count(*) FROM coverage WHERE trading_day = '2024-11-28'") == 0
+    assert count(url, "SELECT count(*) FROM symbol_registry WHERE status = 'completed'") == 4
+    stocks = "symbol IN ('AAPL', 'MSFT', 'BRK.B')"
+    assert count(url, f"SELECT count(DISTINCT trading_day) FROM coverage WHERE {stocks}") == 6  # 7 weekdays
+    assert count(url, f"SELECT count(*) FROM coverage WHERE trading_day = '2024-11-28' AND {stocks}") == 0
+    # the crypto symbol trades every UTC day: Thanksgiving and the weekend are days of its own
+    assert count(url, "SELECT count(*) FROM coverage WHERE symbol = 'BTC-USD' AND source = 'flatpack'") == 9
+    assert count(url, "SELECT count(*) FROM coverage WHERE symbol = 'BTC-USD' AND trading_day IN "
+                      "('2024-11-28', '2024-11-30', '2024-12-01') AND rows > 1000") == 3
+    assert count(url, "SELECT count(*) FROM symbol_registry WHERE symbol = 'BTC-USD' AND market = 'crypto'") == 1
+    assert "BTC-USD: completed" in out and "weekend" in out
     total = count(url, "SELECT count(*) FROM ohlcv_1m")
     assert total == count(url, "SELECT sum(rows) FROM coverage") and total > 5000
     assert count(url, "SELECT count(*) FROM ohlcv_1m WHERE symbol IN ('SPY', 'TSLA', 'NVDA')") == 0
@@ -144,14 +153,15 @@ def test_demo_runs_offline_and_is_repeatable(tmp_path):
 
     days = trading_days(DEMO_START, DEMO_END)
     assert count(url, "SELECT count(*) FROM coverage WHERE symbol = 'BRK.B' AND source = 'api'") == len(days)
-    assert count(url, "SELECT count(*) FROM coverage WHERE source = 'flatpack'") == 2 * len(days)
+    assert count(url, f"SELECT count(*) FROM coverage WHERE source = 'flatpack' AND {stocks}") == 2 * len(days)
     brk = sum(1 for d in days for r in day_rows(d, ["BRK.B"]))
     assert count(url, "SELECT count(*) FROM ohlcv_1m WHERE symbol = 'BRK.B' AND source = 'api'") == brk
     assert "api phase: BRK.B gap day(s) filled from REST minute aggregates: 6" in out
     assert count(url, "SELECT count(*) FROM ohlcv_1d WHERE symbol IN ('AAPL', 'MSFT')") == 2 * len(days)
-    assert count(url, "SELECT count(*) FROM ticker_details") == 2
-    assert count(url, "SELECT count(*) FROM snapshot_latest WHERE symbol IN ('MSFT', 'BRK.B')") == 2
-    assert count(url, "SELECT count(*) FROM symbol_registry WHERE last_snapshot IS NOT NULL") == 2
+    assert count(url, "SELECT count(*) FROM ohlcv_1d WHERE symbol = 'BTC-USD'") == 9
+    assert count(url, "SELECT count(*) FROM ticker_details") == 3
+    assert count(url, "SELECT count(*) FROM snapshot_latest WHERE symbol IN ('MSFT', 'BRK.B', 'BTC-USD')") == 3
+    assert count(url, "SELECT count(*) FROM symbol_registry WHERE last_snapshot IS NOT NULL") == 3
     assert count(url, "SELECT count(*) FROM symbol_registry WHERE error_message IS NOT NULL") == 0
 
 

@@ -1,4 +1,5 @@
-"""The rollup views ohlcv_5m, ohlcv_15m and ohlcv_1h (migration 0003) on both databases."""
+"""The rollups ohlcv_5m, ohlcv_15m and ohlcv_1h on both databases: views in migrations
+0003-0006, tables kept current by every writer from 0007 on (chronox.rollups)."""
 from __future__ import annotations
 
 import datetime as dt
@@ -9,6 +10,7 @@ import pytest
 from sqlalchemy import DateTime, bindparam, create_engine, insert, inspect, text
 
 from alembic import command
+from chronox import rollups
 from chronox.db import alembic_config, dispose_engines, get_engine, upgrade
 from chronox.models import Ohlcv1m
 
@@ -76,9 +78,15 @@ EXPECTED = {
 }
 
 
-def insert_bars(url: str, rows: list[dict]) -> None:
+def insert_bars(url: str, rows: list[dict], refresh: bool = True) -> None:
+    """Minute bars written as a writer writes them: the rollups of their hours refreshed in
+    the same transaction (refresh=False: plain rows, as before migration 0007)."""
     with get_engine(url).begin() as conn:
         conn.execute(insert(Ohlcv1m), rows)
+        if refresh:
+            times = [r["ts"] for r in rows]
+            rollups.refresh(conn, sorted({r["symbol"] for r in rows}), rollups.hour_floor(min(times)),
+                            rollups.hour_floor(max(times)) + rollups.HOUR)
 
 
 def view_rows(url: str, view: str, symbols: tuple[str, ...]) -> list[tuple]:
@@ -147,7 +155,7 @@ def reference_rollup(rows: list[dict], minutes: int) -> list[tuple]:
             for (symbol, bucket), g in sorted(groups.items())]
 
 
-def test_views_agree_with_a_reference_rollup(db_url):
+def test_tables_agree_with_a_reference_rollup(db_url):
     """Sparse random minutes over midnight UTC on New York's spring-forward day."""
     rng = random.Random(20240310)
     start = utc("2024-03-09 22:00")
@@ -172,11 +180,11 @@ def test_symbol_filter_reaches_the_primary_key(db_url):
             # The test table is tiny: forbid the sequential scan to see whether the index is usable.
             conn.execute(text("SET LOCAL enable_seqscan = off"))
             plan = "\n".join(conn.execute(text("EXPLAIN SELECT * FROM ohlcv_1h WHERE symbol = 'RLUPA'")).scalars())
-            assert "ohlcv_1m_pkey" in plan and "Index Cond: ((symbol)::text = 'RLUPA'::text)" in plan, plan
+            assert "pk_ohlcv_1h" in plan and "Index Cond: ((symbol)::text = 'RLUPA'::text)" in plan, plan
         else:
             plan = "\n".join(r[3] for r in conn.execute(
                 text("EXPLAIN QUERY PLAN SELECT * FROM ohlcv_1h WHERE symbol = 'RLUPA'")))
-            assert "USING INDEX sqlite_autoindex_ohlcv_1m_1 (symbol=?)" in plan, plan
+            assert "USING INDEX sqlite_autoindex_ohlcv_1h_1 (symbol=?)" in plan, plan
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -200,7 +208,7 @@ def private_url(request, tmp_path):
         admin.dispose()
 
 
-def test_downgrade_drops_the_views_and_upgrade_recreates_them(private_url):
+def test_views_of_0003_then_tables_of_0007_with_the_same_rows(private_url):
     def state() -> tuple[set[str], set[str], str | None]:
         with get_engine(private_url).connect() as conn:
             inspector = inspect(conn)
@@ -208,7 +216,7 @@ def test_downgrade_drops_the_views_and_upgrade_recreates_them(private_url):
             return set(inspector.get_view_names()), set(inspector.get_table_names()), revision
 
     upgrade(private_url, "0003")
-    insert_bars(private_url, BARS)
+    insert_bars(private_url, BARS, refresh=False)
     views, tables, revision = state()
     assert (views, revision) == (set(VIEWS), "0003") and "ohlcv_1m" in tables
 
@@ -221,4 +229,16 @@ def test_downgrade_drops_the_views_and_upgrade_recreates_them(private_url):
     assert (views, revision) == (set(VIEWS), "0003")
     # The minute bars outlived the views, and the recreated views roll them up again.
     expected = [(s, utc(b), *values) for s, b, *values in EXPECTED["ohlcv_1h"]]
+    assert view_rows(private_url, "ohlcv_1h", ("RLUPA", "RLUPB")) == expected
+
+    # 0007 turns the views into tables holding the same rows; a downgrade brings the views back.
+    upgrade(private_url)
+    views, tables, revision = state()
+    assert views == set() and set(VIEWS) <= tables
+    for view in VIEWS:
+        assert view_rows(private_url, view, ("RLUPA", "RLUPB")) == \
+            [(s, utc(b), *values) for s, b, *values in EXPECTED[view]], view
+    command.downgrade(alembic_config(private_url), "0006")
+    views, tables, revision = state()
+    assert (views, revision) == (set(VIEWS), "0006") and not set(VIEWS) & tables
     assert view_rows(private_url, "ohlcv_1h", ("RLUPA", "RLUPB")) == expected
