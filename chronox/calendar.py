@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
@@ -94,3 +95,114 @@ def in_extended_session(moment: dt.datetime) -> bool:
         return False
     s = session(local_day)
     return s.extended_open <= moment < s.extended_close
+
+
+# -- a symbol's market: the real-time jobs' gating (chronox.realtime) -----------------------
+
+CRYPTO = "crypto"  # trades around the clock; its day is the UTC day
+
+
+def in_market_session(market: str, moment: dt.datetime) -> bool:
+    """True while `market` trades at `moment`: for stocks the NYSE regular session
+    (09:30-16:00 New York on trading days, early closes honoured), always for crypto."""
+    if market == CRYPTO:
+        return True
+    day = moment.astimezone(NEW_YORK).date()
+    if not is_trading_day(day):
+        return False
+    s = session(day)
+    return s.regular_open <= moment < s.regular_close
+
+
+def market_day(market: str, moment: dt.datetime) -> dt.date:
+    """The calendar day `moment` falls on in the market's own time: New York for stocks, UTC for crypto."""
+    return moment.astimezone(UTC).date() if market == CRYPTO else new_york_day(moment)
+
+
+def latest_session_day(market: str, moment: dt.datetime) -> dt.date:
+    """The market's day of `moment` if it trades that day, else its last trading day before."""
+    today = market_day(market, moment)
+    if market == CRYPTO:
+        return today
+    days = trading_days(today - dt.timedelta(days=14), today)
+    return days[-1] if days else today
+
+
+def market_day_bounds(market: str, first: dt.date, last: dt.date) -> tuple[dt.datetime, dt.datetime]:
+    """[start of `first`, end of `last`) of the market's days, in UTC."""
+    if market == CRYPTO:
+        return (dt.datetime.combine(first, dt.time(0), UTC),
+                dt.datetime.combine(last + dt.timedelta(days=1), dt.time(0), UTC))
+    return day_bounds_utc(first)[0], day_bounds_utc(last)[1]
+
+
+# -- one calendar per market (DESIGN decision 11) ------------------------------------------
+
+
+@dataclass(frozen=True)
+class MarketCalendar:
+    """Trading days, day bounds and sessions of one market.
+
+    Stocks: NYSE sessions (holidays, early closes), New York days, extended hours
+    04:00-20:00 (17:00 after an early close). Crypto: every UTC day, always in session.
+    Day bounds, gaps, flat-file validation and stale checks all ask the symbol's calendar.
+    """
+
+    market: str
+
+    @property
+    def around_the_clock(self) -> bool:
+        return self.market == CRYPTO
+
+    def trading_days(self, start: dt.date, end: dt.date) -> list[dt.date]:
+        if self.around_the_clock:
+            return [start + dt.timedelta(days=i) for i in range((end - start).days + 1)]
+        return trading_days(start, end)
+
+    def is_trading_day(self, day: dt.date) -> bool:
+        return self.around_the_clock or is_trading_day(day)
+
+    def day_bounds(self, day: dt.date) -> tuple[dt.datetime, dt.datetime]:
+        """What a day file of the market covers, [start, end) in UTC."""
+        return market_day_bounds(self.market, day, day)
+
+    def day_of(self, moment: dt.datetime) -> dt.date:
+        return market_day(self.market, moment)
+
+    def extended_session(self, day: dt.date) -> tuple[dt.datetime, dt.datetime]:
+        """[open, close) of the day's trading, extended hours included; the whole day for crypto."""
+        if self.around_the_clock:
+            return self.day_bounds(day)
+        s = session(day)
+        return s.extended_open, s.extended_close
+
+    def in_extended_session(self, moment: dt.datetime) -> bool:
+        return True if self.around_the_clock else in_extended_session(moment)
+
+    def last_complete_day(self, now: dt.datetime) -> dt.date | None:
+        """The newest trading day whose (extended) session has ended."""
+        return self._last_ended(now, lambda day: self.extended_session(day)[1])
+
+    def last_closed_day(self, now: dt.datetime) -> dt.date | None:
+        """The newest trading day whose regular session has closed (for crypto, whose UTC
+        day has ended): REST has its day's bars, though after-hours may still trade."""
+        return self._last_ended(now, self.regular_close)
+
+    def regular_close(self, day: dt.date) -> dt.datetime:
+        return self.day_bounds(day)[1] if self.around_the_clock else session(day).regular_close
+
+    def _last_ended(self, now: dt.datetime, end_of: Callable[[dt.date], dt.datetime]) -> dt.date | None:
+        today = self.day_of(now)
+        for day in reversed(self.trading_days(today - dt.timedelta(days=14), today)):
+            if end_of(day) <= now:
+                return day
+        return None
+
+
+STOCKS = "stocks"
+NYSE = MarketCalendar(STOCKS)
+
+
+def calendar_for(market: str | None) -> MarketCalendar:
+    """The calendar of a market (stocks when unknown: every symbol before markets was one)."""
+    return MarketCalendar(CRYPTO if market == CRYPTO else STOCKS)

@@ -12,6 +12,9 @@ Callers without a holder (requests of a task that already made one, the in-proce
 runner) are served as soon as the window has room, ahead of the queue, so work that has
 started finishes first.
 
+A share of the budget is reserved for real-time work (CHRONOX_REALTIME_BUDGET_SHARE,
+`realtime_lane`), with a window of its own.
+
 Without CHRONOX_REDIS_URL the same rules hold per process only.
 """
 from __future__ import annotations
@@ -29,6 +32,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
+from chronox import metrics
 from chronox.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -121,8 +125,7 @@ class WaitPolicy:
     later_wait: float = math.inf  # before each further request (pages, second endpoint)
 
 
-_policy: contextvars.ContextVar[WaitPolicy] = contextvars.ContextVar("chronox_wait_policy",
-                                                                     default=WaitPolicy())
+_policy: contextvars.ContextVar[WaitPolicy | None] = contextvars.ContextVar("chronox_wait_policy", default=None)
 
 
 @contextlib.contextmanager
@@ -156,6 +159,7 @@ class _Limiter:
             granted, wait = self._attempt(holder)
             if granted:
                 return
+            metrics.rate_limit_wait("polygon", wait)  # slept here, or spent off the worker until its turn
             if time.monotonic() + wait > deadline:
                 raise RateLimited(wait)
             time.sleep(wait)
@@ -195,26 +199,75 @@ class LocalRateLimiter(_Limiter):
             return False, self._granted[0] + self.window - now
 
 
-_limiters: dict[tuple[int, str | None, int, float], RateLimiter] = {}
+# -- the real-time reserve ------------------------------------------------------------------
+# CHRONOX_REALTIME_BUDGET_SHARE of the limit is a budget of its own for real-time work (the
+# minute and 10-minute refreshes), the rest is ETL's: two sliding windows whose limits add
+# up to the limit, so a backfill can never take the real-time requests' room, and real-time
+# work never takes more than its share from ETL. The reserve is held even while real-time
+# work is idle; a share of 0 means one budget for everything.
+
+ETL, REALTIME = "etl", "realtime"
+REALTIME_KEY = f"{KEY}:{REALTIME}"
+_lane: contextvars.ContextVar[str] = contextvars.ContextVar("chronox_budget_lane", default=ETL)
+
+
+@contextlib.contextmanager
+def realtime_lane() -> Iterator[None]:
+    """Requests made inside the block spend the real-time reserve."""
+    token = _lane.set(REALTIME)
+    try:
+        yield
+    finally:
+        _lane.reset(token)
+
+
+def budget_split(limit: int, share: float) -> tuple[int, int]:
+    """(ETL's, real-time's) requests per window; real-time's 0 means no reserve. Each lane
+    keeps at least one request, so a limit of 1 cannot be split."""
+    if share <= 0 or limit < 2:
+        return limit, 0
+    reserved = min(limit - 1, max(1, round(limit * share)))
+    return limit - reserved, reserved
+
+
+class LaneLimiter:
+    """The ETL and real-time budgets behind one acquire(): the caller's lane picks one."""
+
+    def __init__(self, etl: RateLimiter, realtime: RateLimiter):
+        self.lanes = {ETL: etl, REALTIME: realtime}
+
+    def acquire(self, holder: str | None = None, max_wait: float = math.inf) -> None:
+        self.lanes[_lane.get()].acquire(holder, max_wait)
+
+
+_limiters: dict[tuple[int, str | None, int, float, float], RateLimiter] = {}
 _limiters_lock = threading.Lock()
+
+
+def _window(settings: Settings, limit: int, key: str) -> RateLimiter:
+    if settings.redis_url:
+        import redis
+
+        client = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
+        return RedisRateLimiter(client, limit, settings.polygon_rate_window, key)
+    return LocalRateLimiter(limit, settings.polygon_rate_window)
 
 
 def get_limiter(settings: Settings) -> RateLimiter | None:
     """The process's limiter for the configured budget, or None when requests are unlimited."""
     if not settings.polygon_rate_limit:
         return None
-    key = (os.getpid(), settings.redis_url, settings.polygon_rate_limit, settings.polygon_rate_window)
+    key = (os.getpid(), settings.redis_url, settings.polygon_rate_limit, settings.polygon_rate_window,
+           settings.realtime_budget_share)
     with _limiters_lock:
         limiter = _limiters.get(key)
         if limiter is None:
-            if settings.redis_url:
-                import redis
-
-                client = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
-                limiter = RedisRateLimiter(client, settings.polygon_rate_limit, settings.polygon_rate_window)
-            else:
+            if not settings.redis_url:
                 log.warning("CHRONOX_POLYGON_RATE_LIMIT holds per process only: CHRONOX_REDIS_URL is unset")
-                limiter = LocalRateLimiter(settings.polygon_rate_limit, settings.polygon_rate_window)
+            etl, realtime = budget_split(settings.polygon_rate_limit, settings.realtime_budget_share)
+            limiter = _window(settings, etl, KEY)
+            if realtime:
+                limiter = LaneLimiter(limiter, _window(settings, realtime, REALTIME_KEY))
             _limiters[key] = limiter
         return limiter
 
@@ -228,7 +281,7 @@ class RequestBudget:
 
     def before_request(self) -> None:
         if self._limiter is not None:
-            policy = _policy.get()
+            policy = _policy.get() or WaitPolicy()
             if self.sent == 0:
                 self._limiter.acquire(policy.holder, policy.first_wait)
             else:

@@ -17,13 +17,15 @@ from sqlalchemy import Connection, delete
 
 from chronox import registry
 from chronox.bars import Bar, QuarantinedRow, bar_problem, isoformat_utc
-from chronox.calendar import new_york_day
+from chronox.calendar import calendar_for
 from chronox.db import get_engine
 from chronox.delivery import Delivery
+from chronox.markets import Instrument, Market, ProviderId, as_instrument
 from chronox.models import Dividend, Ohlcv1d, Split, TickerDetails, table
 from chronox.providers import SKIP_DETAIL, get_provider
 from chronox.settings import Settings
-from chronox.store import quarantine_rows, upsert
+from chronox.sources.base import NotInPlan
+from chronox.store import quarantine_rows, record_steps, upsert
 from chronox.strategy import parse_day
 
 log = logging.getLogger(__name__)
@@ -32,10 +34,36 @@ SKIP_WARNING = registry.Note.warning(SKIP_DETAIL).text
 BAR_COLUMNS = ("open", "high", "low", "close", "volume", "vwap", "transactions", "source")
 
 
+# Step -> what people call it; the keys name the steps in run_steps and in the completion
+# event's `results` (the registry service's names).
+STEPS = {"reference": "reference data", "corporate_actions": "corporate actions", "daily_bars": "daily bars",
+         "api": "api gap fill", "snapshot": "snapshot"}
+
+
+def _set_aside(settings: Settings, symbols: Sequence[str], step: str, why: str, warn: bool) -> dict[str, Any]:
+    with get_engine(settings.database_url).begin() as conn:
+        if warn:
+            registry.note_warning(conn, symbols, why)
+        record_steps(conn, symbols, step, "skipped", registry.Note.warning(why).text if warn else why)
+    return {"step": STEPS[step], "symbols": list(symbols), "skipped": why}
+
+
 def skipped(settings: Settings, symbols: Sequence[str], step: str) -> dict[str, Any]:
-    log.warning("%s for %s: %s", step, ", ".join(symbols), SKIP_WARNING)
-    registry.note_warning(get_engine(settings.database_url), symbols, SKIP_DETAIL)
-    return {"step": step, "symbols": list(symbols), "skipped": SKIP_WARNING}
+    log.warning("%s for %s: %s", STEPS[step], ", ".join(symbols), SKIP_WARNING)
+    result = _set_aside(settings, symbols, step, SKIP_DETAIL, warn=True)
+    return {**result, "skipped": SKIP_WARNING}
+
+
+def not_offered(settings: Settings, symbol: str, step: str, why: str) -> dict[str, Any]:
+    """A step that does not apply to the symbol's market or provider: recorded, no warning."""
+    return _set_aside(settings, [symbol], step, why, warn=False)
+
+
+def not_in_plan(settings: Settings, symbol: str, step: str, refusal: NotInPlan) -> dict[str, Any]:
+    """A step the account's plan does not include: a warning that names the plan, not a
+    failure, so the symbol's other phases and the run go on."""
+    log.warning("%s for %s: %s", STEPS[step], symbol, refusal)
+    return _set_aside(settings, [symbol], step, str(refusal), warn=True)
 
 
 def checked(bars: Sequence[Bar], origin: str) -> tuple[list[Bar], list[QuarantinedRow]]:
@@ -55,10 +83,14 @@ def _text(value: Any, size: int) -> str | None:
     return None if value is None else str(value)[:size]
 
 
-def load_reference(settings: Settings, symbol: str) -> dict[str, Any]:
-    provider = get_provider(settings)
+def load_reference(settings: Settings, instrument: Instrument | str) -> dict[str, Any]:
+    instrument = as_instrument(instrument)
+    symbol = instrument.symbol
+    if instrument.provider != ProviderId.POLYGON:
+        return not_offered(settings, symbol, "reference", f"{instrument.provider} has no reference data")
+    provider = get_provider(settings, instrument)
     if provider is None:
-        return skipped(settings, [symbol], "reference data")
+        return skipped(settings, [symbol], "reference")
     details = provider.ticker_details(symbol)
     try:
         list_date = dt.date.fromisoformat(str(details.get("list_date")))
@@ -72,6 +104,7 @@ def load_reference(settings: Settings, symbol: str) -> dict[str, Any]:
     with get_engine(settings.database_url).begin() as conn:
         upsert(conn, table(TickerDetails), [row], keys=("symbol",),
                updates=[c for c in row if c != "symbol"] + ["updated_at"])
+        record_steps(conn, [symbol], "reference", "ok", True)
     return {"symbol": symbol, "provider": provider.name, "name": row["name"]}
 
 
@@ -82,32 +115,47 @@ def _replace_actions(conn: Connection, table: Any, symbol: str, rows: list[dict[
     upsert(conn, table, unique, keys=("id",), updates=[c for c in unique[0] if c != "id"] if unique else [])
 
 
-def load_corporate_actions(settings: Settings, symbol: str) -> dict[str, Any]:
-    provider = get_provider(settings)
+def load_corporate_actions(settings: Settings, instrument: Instrument | str) -> dict[str, Any]:
+    instrument = as_instrument(instrument)
+    symbol = instrument.symbol
+    if instrument.market != Market.STOCKS:
+        return not_offered(settings, symbol, "corporate_actions", f"{instrument.market} has no corporate actions")
+    provider = get_provider(settings, instrument)
     if provider is None:
-        return skipped(settings, [symbol], "corporate actions")
+        return skipped(settings, [symbol], "corporate_actions")
     dividends = provider.dividends(symbol)
     splits = provider.splits(symbol)
     with get_engine(settings.database_url).begin() as conn:
         _replace_actions(conn, table(Dividend), symbol, dividends)
         _replace_actions(conn, table(Split), symbol, splits)
+        record_steps(conn, [symbol], "corporate_actions", "ok", {"dividends": len(dividends), "splits": len(splits)})
     return {"symbol": symbol, "provider": provider.name, "dividends": len(dividends), "splits": len(splits)}
 
 
-def load_daily_bars(settings: Settings, symbol: str, start: str, end: str) -> dict[str, Any]:
-    provider = get_provider(settings)
+def load_daily_bars(settings: Settings, instrument: Instrument | str, start: str, end: str) -> dict[str, Any]:
+    instrument = as_instrument(instrument)
+    symbol = instrument.symbol
+    provider = get_provider(settings, instrument)
     if provider is None:
-        return skipped(settings, [symbol], "daily bars")
+        return skipped(settings, [symbol], "daily_bars")
     first, last = parse_day(start), parse_day(end)
     if first > last:
+        with get_engine(settings.database_url).begin() as conn:
+            record_steps(conn, [symbol], "daily_bars", "ok", 0)
         return {"symbol": symbol, "provider": provider.name, "days": 0, "quarantined": 0}
-    good, bad = checked(provider.daily_bars(symbol, first, last), f"{provider.name}:daily:{symbol}")
+    try:
+        fetched = provider.daily_bars(symbol, first, last)
+    except NotInPlan as refusal:
+        return not_in_plan(settings, symbol, "daily_bars", refusal)
+    good, bad = checked(fetched, f"{provider.name}:daily:{symbol}")
     # One row per day, the last bar winning: an upsert may not touch a row twice.
-    rows = list({new_york_day(b.ts): {"symbol": b.symbol, "day": new_york_day(b.ts),
-                                   **{c: getattr(b, c) for c in BAR_COLUMNS}} for b in good}.values())
+    day_of = calendar_for(instrument.market).day_of
+    rows = list({day_of(b.ts): {"symbol": b.symbol, "day": day_of(b.ts),
+                                **{c: getattr(b, c) for c in BAR_COLUMNS}} for b in good}.values())
 
-    with Delivery(settings).transaction() as out:
+    with Delivery(settings, origin=instrument.origin).transaction() as out:
         upsert(out.conn, table(Ohlcv1d), rows, keys=("symbol", "day"), updates=BAR_COLUMNS)
         quarantine_rows(out.conn, bad)
+        record_steps(out.conn, [symbol], "daily_bars", "ok", len(rows))
         out.bars(good, "1d")
     return {"symbol": symbol, "provider": provider.name, "days": len(rows), "quarantined": len(bad)}

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import Connection
@@ -20,6 +20,7 @@ from chronox import registry
 from chronox.bars import UTC, isoformat_utc
 from chronox.db import get_engine
 from chronox.delivery import Delivery
+from chronox.markets import Instrument
 from chronox.models import SnapshotLatest, table
 from chronox.providers import get_provider
 from chronox.publish import ENVELOPE_VERSION, get_mirror
@@ -35,10 +36,15 @@ SNAPSHOT_COLUMNS = ("ts", "price", "volume", "prev_close", "method", "fetched_at
 SNAPSHOTS = table(SnapshotLatest)
 
 
-def envelope(snap: Snapshot) -> dict[str, Any]:
+def envelope(snap: Snapshot, strategy: str, now: dt.datetime,
+             origin: tuple[str, str] = ("stocks", "polygon")) -> dict[str, Any]:
+    """The snapshot event; `strategy`, `phase`, `timestamp` and `count` are the registry
+    service's fields, which its consumers parse; `market` and `provider` name its origin."""
     return {"event": "snapshot", "symbol": snap.symbol, "ts": isoformat_utc(snap.ts), "price": snap.price,
             "volume": snap.volume, "prev_close": snap.prev_close, "method": snap.method,
-            "source": "snapshot", "version": ENVELOPE_VERSION}
+            "source": "snapshot", "version": ENVELOPE_VERSION,
+            "strategy": strategy, "phase": "completed", "timestamp": isoformat_utc(now), "count": 1,
+            "market": origin[0], "provider": origin[1]}
 
 
 def snapshot_symbols(settings: Settings) -> list[str]:
@@ -91,10 +97,13 @@ def _mirror(settings: Settings, events: Sequence[dict[str, Any]]) -> None:
     batch.execute()
 
 
-def record(settings: Settings, snaps: Sequence[Snapshot], fetched_at: dt.datetime | None = None) -> None:
+def record(settings: Settings, snaps: Sequence[Snapshot], strategies: Mapping[str, str],
+           fetched_at: dt.datetime | None = None, origins: Mapping[str, tuple[str, str]] | None = None) -> None:
     """Store, cache, mirror and publish snapshots in the order of the publish mode."""
     fetched_at = fetched_at or dt.datetime.now(UTC)
-    events = [envelope(s) for s in snaps]
+    origins = origins or {}
+    events = [envelope(s, strategies.get(s.symbol, "snapshot"), fetched_at,
+                       origins.get(s.symbol, ("stocks", "polygon"))) for s in snaps]
     with Delivery(settings).transaction(kind="snapshot") as out:
         _store(out.conn, snaps, fetched_at)
         out.events(events, mirror=lambda: _mirror(settings, events))
@@ -111,19 +120,35 @@ def refresh_batches(settings: Settings, method: str | None = None) -> tuple[str,
     return method, batches(snapshot_symbols(settings), size)
 
 
-def refresh(settings: Settings, symbols: Sequence[str], method: str | None = None) -> dict[str, Any]:
-    """Take and record snapshots of `symbols`; the per-symbol phase passes one symbol."""
+def refresh(settings: Settings, symbols: Sequence[str], method: str | None = None,
+            strategies: Mapping[str, str] | None = None,
+            instruments: Sequence[Instrument] | None = None) -> dict[str, Any]:
+    """Take and record snapshots of `symbols`, each from its own provider; the per-symbol
+    phase passes one symbol, its run's strategy and its instrument, the periodic refresh
+    takes the registry's."""
     method = check_method(method, settings)
     if not symbols:
         return {"method": method, "symbols": 0, "stored": 0, "missing": []}
-    provider = get_provider(settings)
-    if provider is None:
-        return skipped(settings, symbols, "snapshot")
-    snaps = fetch(provider, symbols, method, settings.snapshot_batch)
-    record(settings, snaps)
+    if instruments is None or strategies is None:
+        rows = registry.list_symbols(get_engine(settings.database_url), symbols=list(symbols))
+        strategies = strategies if strategies is not None else {r.symbol: r.strategy for r in rows}
+        known = {r.symbol: r.instrument for r in rows}
+        instruments = instruments or [known.get(s) or Instrument(s) for s in symbols]
+    groups: dict[tuple[str, str], list[Instrument]] = {}
+    for instrument in instruments:
+        groups.setdefault((instrument.market, instrument.provider), []).append(instrument)
+    snaps: list[Snapshot] = []
+    names: list[str] = []
+    for members in groups.values():
+        provider = get_provider(settings, members[0], members[1:])
+        if provider is None:
+            return skipped(settings, symbols, "snapshot")
+        names.append(provider.name)
+        snaps += fetch(provider, [i.symbol for i in members], method, settings.snapshot_batch)
+    record(settings, snaps, strategies, origins={i.symbol: i.origin for i in instruments})
     got = {s.symbol for s in snaps}
     missing = [s for s in symbols if s not in got]
     if missing:
         log.info("no %s price for %d symbol(s), e.g. %s", method, len(missing), ", ".join(missing[:5]))
-    return {"method": method, "provider": provider.name, "symbols": len(symbols), "stored": len(snaps),
-            "missing": missing[:50]}
+    return {"method": method, "provider": ",".join(sorted(set(names))), "symbols": len(symbols),
+            "stored": len(snaps), "missing": missing[:50]}

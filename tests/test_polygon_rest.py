@@ -6,13 +6,16 @@ import json
 import time
 
 import pytest
+from click.testing import CliRunner
 
 from chronox.bars import UTC, ts_from_ms
+from chronox.breaker import BreakerOpen, breaker_states
 from chronox.calendar import day_bounds_utc
+from chronox.cli import cli
 from chronox.ratelimit import LocalRateLimiter
 from chronox.settings import load_settings
 from chronox.sources.polygon import PolygonError, PolygonRest, TransientPolygonError
-from tests.rest_support import KEY, polygon, polygon_minute_bars, serve_days  # noqa: F401
+from tests.helpers import KEY, polygon_minute_bars, serve_days
 
 pytestmark = pytest.mark.timeout(60)
 DAY1, DAY2 = dt.date(2024, 3, 4), dt.date(2024, 3, 5)
@@ -57,7 +60,8 @@ def test_snapshot_and_last_trade_normalize_ns(polygon):
     assert aapl.ts == dt.datetime(2024, 3, 4, 19, 20, 0, 123456, tzinfo=UTC)
     assert polygon.requests[-1].query["tickers"] == "AAPL,MSFT,NOPE"
     trade = client().last_trade("MSFT")
-    assert (trade.price, trade.method, trade.ts) == (410.5, "rest", dt.datetime(2024, 3, 4, 19, 20, 0, 123457, tzinfo=UTC))
+    assert (trade.price, trade.method, trade.ts) == \
+        (410.5, "rest", dt.datetime(2024, 3, 4, 19, 20, 0, 123457, tzinfo=UTC))
 
 
 def test_reference_dividends_and_splits_with_pagination(polygon):
@@ -87,6 +91,28 @@ def test_429_carries_retry_after_and_5xx_are_transient(polygon):
         error = failure(lambda: client().snapshots(["AAPL"]))
         assert isinstance(error, TransientPolygonError) and kind in str(error)
     assert polygon.count_requests() == 4  # the client itself never retried
+
+
+def test_polygon_circuit_opens_after_consecutive_5xx_and_a_429_does_not_count(polygon, redis_url, sqlite_url,
+                                                                              monkeypatch):
+    monkeypatch.setenv("CHRONOX_REDIS_URL", redis_url)
+    monkeypatch.setenv("CHRONOX_BREAKER_FAILURES", "3")
+    monkeypatch.setenv("CHRONOX_BREAKER_COOLDOWN_SECONDS", "30")
+    polygon.inject("/v2/snapshot", "429", count=5, retry_after=1)
+    for _ in range(5):  # Polygon is up and says "slow down": not a failure
+        assert isinstance(failure(lambda: client().snapshots(["AAPL"])), TransientPolygonError)
+    polygon.inject("/v2/snapshot", "503", count=3)
+    for _ in range(3):
+        failure(lambda: client().snapshots(["AAPL"]))
+    asked = polygon.count_requests()
+    with pytest.raises(BreakerOpen) as info:
+        client().snapshots(["AAPL"])
+    assert 25 < info.value.retry_after <= 30
+    assert polygon.count_requests() == asked == 8  # open: Polygon was not called
+    assert breaker_states(load_settings())["polygon"]["state"] == "open"
+    status = CliRunner().invoke(cli, ["status"])
+    assert status.exit_code == 0 and "provider polygon: circuit open, next call in " in status.output
+    assert "Polygon answered 503" in status.output and KEY not in status.output
 
 
 def test_slow_answer_times_out_as_transient(polygon, monkeypatch):
@@ -158,3 +184,113 @@ def test_every_request_spends_the_budget(polygon):
     # two per second (plus the margin): the third page waited for the window to move on
     assert time.monotonic() - started >= 1.0
     assert polygon.max_requests_in_window(1.0) <= 2
+
+
+# -- Polygon's documented answers (chronox.testing.polygon_examples), served as published ------
+
+def test_documented_dividends_and_splits_without_id_get_stable_derived_ids(polygon):
+    from chronox.testing import polygon_examples as ex
+
+    polygon.add_dividends("AAPL", ex.DIVIDENDS_2022["results"], assign_ids=False)
+    polygon.add_splits("AAPL", ex.SPLITS_2022["results"], assign_ids=False)
+    rest = client()
+    dividends = rest.dividends("AAPL")
+    assert [{k: v for k, v in d.items() if k != "id"} for d in dividends] == [
+        {"symbol": "AAPL", "ex_dividend_date": dt.date(2021, 11, 5), "record_date": dt.date(2021, 11, 8),
+         "pay_date": dt.date(2021, 11, 11), "declaration_date": dt.date(2021, 10, 28), "cash_amount": 0.22,
+         "currency": None, "frequency": 4, "dividend_type": "CD"},
+        {"symbol": "AAPL", "ex_dividend_date": dt.date(2021, 8, 6), "record_date": dt.date(2021, 8, 9),
+         "pay_date": dt.date(2021, 8, 12), "declaration_date": dt.date(2021, 7, 27), "cash_amount": 0.22,
+         "currency": None, "frequency": 4, "dividend_type": "CD"}]
+    splits = rest.splits("AAPL")
+    assert [(s["execution_date"], s["split_from"], s["split_to"]) for s in splits] == \
+        [(dt.date(2020, 8, 31), 1.0, 4.0), (dt.date(2005, 2, 28), 1.0, 2.0)]
+    ids = [d["id"] for d in dividends] + [s["id"] for s in splits]
+    assert len(set(ids)) == 4 and all(i.startswith("chronox-") and len(i) <= 100 for i in ids)
+    # asked again, the same records get the same ids: a rerun upserts, it does not duplicate
+    assert [d["id"] for d in rest.dividends("AAPL")] + [s["id"] for s in rest.splits("AAPL")] == ids
+
+
+def test_client_fixtures_without_id_keep_distinct_records_apart(polygon):
+    from chronox.testing import polygon_examples as ex
+
+    for record in ex.DIVIDENDS_CLIENT["results"]:
+        polygon.add_dividends(record["ticker"], [record], assign_ids=False)
+    for record in ex.SPLITS_CLIENT["results"]:
+        polygon.add_splits(record["ticker"], [record], assign_ids=False)
+    rest = client()
+    cssen = rest.dividends("CSSEN")
+    assert len(cssen) == 8 == len({d["id"] for d in cssen})
+    assert sorted(d["ex_dividend_date"] for d in cssen)[0] == dt.date(2023, 9, 14)
+    assert {d["cash_amount"] for d in cssen} == {0.59375}
+    # the same split on the same day for two share classes: two rows
+    googl, goog = rest.splits("GOOGL"), rest.splits("GOOG")
+    assert (googl[0]["split_from"], googl[0]["split_to"]) == (goog[0]["split_from"], goog[0]["split_to"]) == (1, 20)
+    assert googl[0]["id"] != goog[0]["id"]
+    shop = rest.splits("SHOP")
+    assert sorted(s["execution_date"] for s in shop) == [dt.date(2022, 6, 22), dt.date(2022, 6, 29)]
+    assert shop[0]["id"] != shop[1]["id"]
+    [reverse] = rest.splits("BRW")
+    assert (reverse["split_from"], reverse["split_to"]) == (2.0, 1.0)
+
+
+def test_documented_ids_are_kept(polygon):
+    from chronox.testing import polygon_examples as ex
+
+    polygon.add_dividends("AAPL", ex.DIVIDENDS["results"])
+    polygon.add_splits("AAPL", ex.SPLITS["results"])
+    rest = client()
+    assert [d["id"] for d in rest.dividends("AAPL")] == [r["id"] for r in ex.DIVIDENDS["results"]]
+    assert [s["id"] for s in rest.splits("AAPL")] == [r["id"] for r in ex.SPLITS["results"]]
+
+
+def test_documented_aggregates_daily_and_as_the_latest_minute(polygon):
+    from chronox.testing import polygon_examples as ex
+
+    polygon.add_daily_bars("AAPL", ex.AGGS["results"] + ex.AGGS_CLIENT["results"])
+    rest = client()
+    bars = rest.daily_bars("AAPL", dt.date(2020, 1, 2), dt.date(2020, 1, 3))
+    assert [(b.ts, b.open, b.high, b.low, b.close, b.volume, b.vwap, b.transactions) for b in bars] == [
+        (dt.datetime(2020, 1, 2, 5, tzinfo=UTC), 74.06, 75.15, 73.7975, 75.0875, 135647456.0, 74.6099, 1),
+        (dt.datetime(2020, 1, 3, 5, tzinfo=UTC), 74.2875, 75.145, 74.125, 74.3575, 146535512.0, 74.7026, 1)]
+    old = rest.daily_bars("AAPL", dt.date(2005, 4, 1), dt.date(2005, 4, 4))  # float volumes
+    assert [(b.ts.date(), b.close, b.volume, b.transactions) for b in old] == \
+        [(dt.date(2005, 4, 1), 1.4604, 642646396.0, 82132), (dt.date(2005, 4, 4), 1.4675, 578172308.0, 65543)]
+    # The endpoint's one documented example serves the minute timespan too: the agg snapshot
+    # method asks for the latest minute aggregate.
+    polygon.add_minute_bars("AAPL", ex.AGGS["results"])
+    snap = rest.last_minute_agg("AAPL", now=dt.datetime(2020, 1, 3, 12, tzinfo=UTC))
+    assert (snap.ts, snap.price, snap.volume, snap.method) == \
+        (dt.datetime(2020, 1, 3, 5, tzinfo=UTC), 74.3575, 146535512.0, "agg")
+
+
+@pytest.mark.parametrize("example", ["SNAPSHOT_2022", "SNAPSHOT"])
+def test_documented_all_tickers_snapshot(polygon, example):
+    from chronox.testing import polygon_examples as ex
+
+    [record] = getattr(ex, example)["tickers"]  # 2022: `min` without `t`; today: with it
+    polygon.set_snapshot_record(record)
+    [snap] = client().snapshots(["BCAT"])
+    assert (snap.symbol, snap.price, snap.volume, snap.prev_close, snap.method) == \
+        ("BCAT", 20.506, 37216.0, 20.63, "snapshot")
+    assert snap.ts == dt.datetime(2020, 11, 12, 14, 54, 54, 630916, tzinfo=UTC)  # `updated`, ns
+
+
+@pytest.mark.parametrize("example,price,size,ts", [
+    ("LAST_TRADE", 129.8473, 25.0, dt.datetime(2021, 4, 8, 17, 2, 22, 969834, tzinfo=UTC)),
+    ("LAST_TRADE_CLIENT", 166.25, 2.0, dt.datetime(2022, 4, 28, 20, 55, 19, 310617, tzinfo=UTC)),
+])
+def test_documented_last_trade(polygon, example, price, size, ts):
+    from chronox.testing import polygon_examples as ex
+
+    polygon.set_last_trade_record("AAPL", getattr(ex, example)["results"])
+    trade = client().last_trade("AAPL")
+    assert (trade.price, trade.volume, trade.ts, trade.method) == (price, size, ts, "rest")
+
+
+def test_documented_ticker_details(polygon):
+    from chronox.testing import polygon_examples as ex
+
+    polygon.set_ticker_details("AAPL", ex.TICKER_DETAILS["results"])
+    details = client().ticker_details("AAPL")
+    assert details == ex.TICKER_DETAILS["results"]

@@ -26,8 +26,10 @@ from chronox.calendar import NEW_YORK
 from chronox.db import get_engine
 from chronox.sources.websocket import am_to_bar, backoff_delay
 from chronox.store import OHLCV
+from chronox.testing.binance import FakeBinanceStream
+from chronox.testing.polygon_ws import FakePolygonStream
 from tests.conftest import REPO
-from tests.stubs.polygon_ws import FakePolygonStream
+from tests.helpers import wait_until
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -45,16 +47,6 @@ def am(symbol: str, start_ms: int, price: float = 100.0, **extra: Any) -> dict[s
     return {"sym": symbol, "o": price, "h": price + 0.5, "l": price - 0.5, "c": price + 0.25,
             "v": 1200, "vw": price + 0.1, "av": 5000, "a": price, "z": 12,
             "s": start_ms, "e": start_ms + 60_000, **extra}
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def as_utc(value: Any) -> dt.datetime:
@@ -172,6 +164,11 @@ def test_am_events_land_in_the_database_and_on_kafka(db_url, kafka, polygon, sta
     assert stored_bars(db_url, a) == {m0: (100.0, 100.5, 99.5, 100.25, 1200.0, 100.1, None, "stream"),
                                       m1: (1.0, 2.0, 0.5, 1.5, 10.0, None, 7, "flatpack")}
     assert stored_bars(db_url, b) == {m0: (50.0, 50.5, 49.5, 50.25, 1200.0, 50.1, None, "stream")}
+    # The batch's hours were rolled up in its transaction, with the flat-file minute beside the stream's.
+    with engine.connect() as conn:
+        five = conn.execute(text("SELECT bucket, open, high, low, close, volume, bars FROM ohlcv_5m "
+                                 "WHERE symbol = :s"), {"s": a}).all()
+    assert [(as_utc(bucket), *rest) for bucket, *rest in five] == [(m0, 100.0, 100.5, 0.5, 1.5, 1210.0, 2)]
     with engine.connect() as conn:
         reasons = dict(conn.execute(text("SELECT coalesce(symbol, '-'), reason FROM quarantine")).all())
     assert reasons[b].startswith("high 40.0 below max(open, close)")
@@ -183,7 +180,7 @@ def test_am_events_land_in_the_database_and_on_kafka(db_url, kafka, polygon, sta
     assert envelopes[0] == {"event": "bar", "symbol": a, "tf": "1m", "ts": "2024-01-02T14:30:00Z",
                             "ohlcv": {"open": 100.0, "high": 100.5, "low": 99.5, "close": 100.25, "volume": 1200.0},
                             "features": {}, "source": "stream", "version": "v1",
-                            "dedup_key": f"{a}|1m|2024-01-02T14:30:00Z"}
+                            "dedup_key": f"{a}|1m|2024-01-02T14:30:00Z", "market": "stocks", "provider": "polygon"}
     assert [e["ts"] for e in kafka.json_messages(f"chronox.stream.{b}")] == ["2024-01-02T14:30:00Z"]
 
     rows = wait_until(lambda: {r.symbol: r for r in registry.list_symbols(engine)}
@@ -196,6 +193,46 @@ def test_am_events_land_in_the_database_and_on_kafka(db_url, kafka, polygon, sta
     code, stats = stream.stop()
     assert code == 0, stream.log()
     assert (stats["received"], stats["written"], stats["published"], stats["quarantined"]) == (5, 3, 3, 2)
+
+
+def xa(pair: str, start_ms: int, price: float) -> dict[str, Any]:
+    """Polygon crypto cluster's minute aggregate, shaped as its documented XA example (z is the
+    average trade size, not a count: the bar has no transactions)."""
+    return {"ev": "XA", "pair": pair, "v": 951.6112, "vw": price + 0.01, "z": 73, "o": price, "c": price + 0.5,
+            "h": price + 1.0, "l": price - 1.0, "s": start_ms, "e": start_ms + 60_000}
+
+
+def test_stocks_polygon_crypto_and_binance_stream_side_by_side(db_url, kafka, polygon, start_stream):
+    stock, coin, token = unique("SS"), unique("C"), unique("T")
+    pair, usdt = f"{coin}-USD", f"{token}-USDT"
+    engine = get_engine(db_url)
+    registry.add_symbol(engine, stock, "stream")
+    registry.add_symbol(engine, pair, "stream", market="crypto", provider="polygon")
+    registry.add_symbol(engine, usdt, "stream", market="crypto", provider="binance")
+    with FakePolygonStream(api_key=polygon.api_key) as crypto, FakeBinanceStream() as binance:
+        stream = start_stream(CHRONOX_POLYGON_CRYPTO_WS_URL=crypto.url, CHRONOX_BINANCE_WS_URL=binance.url)
+        subscribed(polygon, stock)
+        assert crypto.wait_for(lambda: crypto.subscriptions == {f"XA.{pair}"}, 15), crypto.subscriptions
+        assert binance.wait_for(lambda: binance.streams == {f"{token.lower()}usdt@kline_1m"}, 15), binance.streams
+
+        polygon.send_am([am(stock, M0, 100.0)])
+        crypto.send_events([xa(pair, M0, 42000.0), xa(pair, M1, 42001.0)])
+        binance.send_kline(f"{token}USDT", M0, 2.0, 2.5, 1.5, 2.25, 10.0, closed=False)  # still open: no bar
+        binance.send_kline(f"{token}USDT", M0, 2.0, 2.5, 1.5, 2.25, 10.0, closed=True, trades=4, quote_volume=21.0)
+        wait_until(lambda: scalar(db_url, "SELECT count(*) FROM ohlcv_1m") == 4, what="bars of the three feeds")
+        code, stats = stream.stop()
+    assert code == 0, stream.log()
+    m0, m1 = dt.datetime(2024, 1, 2, 14, 30, tzinfo=UTC), dt.datetime(2024, 1, 2, 14, 31, tzinfo=UTC)
+    assert stored_bars(db_url, stock) == {m0: (100.0, 100.5, 99.5, 100.25, 1200.0, 100.1, None, "stream")}
+    assert stored_bars(db_url, pair) == {m0: (42000.0, 42001.0, 41999.0, 42000.5, 951.6112, 42000.01, None, "stream"),
+                                         m1: (42001.0, 42002.0, 42000.0, 42001.5, 951.6112, 42001.01, None, "stream")}
+    assert stored_bars(db_url, usdt) == {m0: (2.0, 2.5, 1.5, 2.25, 10.0, 2.1, 4, "stream")}
+    origins = {symbol: {(e["market"], e["provider"]) for e in kafka.json_messages(f"chronox.stream.{symbol}")}
+               for symbol in (stock, pair, usdt)}
+    assert origins == {stock: {("stocks", "polygon")}, pair: {("crypto", "polygon")}, usdt: {("crypto", "binance")}}
+    assert [e["ts"] for e in kafka.json_messages(f"chronox.stream.{pair}")] == \
+        ["2024-01-02T14:30:00Z", "2024-01-02T14:31:00Z"]
+    assert (stats["received"], stats["written"], stats["quarantined"]) == (4, 4, 0)
 
 
 def test_sigterm_flushes_buffered_bars_then_exits_0(pg_url, kafka, polygon, start_stream):
@@ -414,16 +451,30 @@ def test_backoff_grows_exponentially_with_jitter_up_to_the_cap():
 # -- the stream phase in a registry run, and the monitor -----------------------------
 
 
-def test_a_registry_run_activates_stream_symbols_in_process(sqlite_url):
+def test_a_registry_run_activates_stream_symbols_in_process(sqlite_url, kafka):
     from chronox.cli import cli
     from chronox.tasks.workflow import SYMBOL_PHASE_TASKS
 
     assert SYMBOL_PHASE_TASKS["stream"] == "chronox.phase.stream"
     symbol = unique("SP")
     registry.add_symbol(get_engine(sqlite_url), symbol, "stream")
+    before = dt.datetime.now(UTC)
     result = CliRunner().invoke(cli, ["run", "--symbols", symbol, "--json"])
+    after = dt.datetime.now(UTC)
     assert result.exit_code == 0, result.output
     assert registry.get_symbol(get_engine(sqlite_url), symbol).status == "completed"
+    # The activation itself: announced once on the symbol's stream topic.
+    [event] = kafka.json_messages(f"chronox.stream.{symbol}")
+    assert set(event) == {"event", "symbol", "ts", "version", "strategy", "action", "timestamp", "market",
+                          "provider"}, event
+    assert (event["strategy"], event["action"], event["timestamp"]) == ("stream", "activate", event["ts"])
+    assert (event["market"], event["provider"]) == ("stocks", "polygon")
+    assert event["event"] == "stream_activated"
+    assert event["symbol"] == symbol
+    assert event["version"] == "v1"
+    assert isinstance(event["ts"], str) and event["ts"].endswith("Z"), event["ts"]  # ISO-8601, UTC
+    ts = dt.datetime.fromisoformat(event["ts"])
+    assert ts.utcoffset() == dt.timedelta(0) and before <= ts <= after, (event["ts"], before, after)
 
 
 def monitor(now: str) -> dict[str, Any]:
@@ -466,6 +517,26 @@ def test_monitor_flags_exactly_the_stale_symbols_during_the_session_only(db_url)
     assert {s for s, r in rows.items() if r.status == "error"} == {"NEVER", "STALE"}
     assert rows["STALE"].error_message == "stream stale: last bar 2024-01-03T14:50:00Z (10 min ago)"
     assert rows["NEVER"].error_message.startswith("stream stale: no bar received yet")
+
+
+def test_monitor_holds_crypto_to_the_clock_on_weekends_and_across_midnight(db_url):
+    engine = get_engine(db_url)
+    registry.add_symbol(engine, "BTC-USD", "stream", market="crypto")
+    registry.add_symbol(engine, "AAPL", "stream")
+    with engine.begin() as conn:  # BTC-USD quiet since 23:58 UTC on Friday, AAPL since 19:03 New York
+        conn.execute(text("UPDATE symbol_registry SET last_stream = :l, created_at = :c WHERE symbol = :s"),
+                     {"l": dt.datetime(2024, 1, 5, 23, 58, tzinfo=UTC), "c": dt.datetime(2024, 1, 1, tzinfo=UTC),
+                      "s": "BTC-USD"})
+        conn.execute(text("UPDATE symbol_registry SET last_stream = :l, created_at = :c WHERE symbol = :s"),
+                     {"l": dt.datetime(2024, 1, 6, 0, 3, tzinfo=UTC), "c": dt.datetime(2024, 1, 1, tzinfo=UTC),
+                      "s": "AAPL"})
+    assert monitor("2024-01-06T00:02:00Z")["stale"] == 0  # four quiet minutes: not yet
+    result = monitor("2024-01-06T00:04:00Z")  # six, just past UTC midnight: a new crypto day, no grace
+    assert (result["stale_symbols"], result["checked"]) == (["BTC-USD"], 2)
+    assert registry.get_symbol(engine, "BTC-USD").error_message == \
+        "stream stale: last bar 2024-01-05T23:58:00Z (6 min ago)"
+    assert monitor("2024-01-06T17:00:00Z")["stale_symbols"] == ["BTC-USD"]  # Saturday: only crypto trades
+    assert registry.get_symbol(engine, "AAPL").status == "idle"  # no stock session on Saturday
 
 
 def test_both_tasks_run_on_a_real_worker_by_name(pg_url, kafka, start_worker, celery_client):

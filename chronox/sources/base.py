@@ -18,6 +18,15 @@ class ProviderError(Exception):
     """The provider refused the request or answered nonsense; retrying will not help."""
 
 
+class NotInPlan(ProviderError):
+    """The account's plan does not include the request: the step ends as a warning naming
+    the plan, since only a different subscription would change the answer."""
+
+    def __init__(self, message: str, plan: str):
+        super().__init__(message)
+        self.plan = plan
+
+
 class TransientProviderError(ProviderError):
     """Worth retrying later; retry_after is the provider's Retry-After in seconds, if it sent one."""
 
@@ -42,6 +51,7 @@ class Provider(Protocol):
     name: str
 
     def minute_bars(self, symbol: str, first: dt.date, last: dt.date) -> list[Bar]: ...
+    def intraday_bars(self, symbol: str, timeframe: str, first: dt.date, last: dt.date) -> list[Bar]: ...
     def daily_bars(self, symbol: str, first: dt.date, last: dt.date) -> list[Bar]: ...
     def ticker_details(self, symbol: str) -> dict[str, Any]: ...
     def dividends(self, symbol: str) -> list[dict[str, Any]]: ...

@@ -15,8 +15,10 @@ What polygon-api-client 1.16 does not do for us, and this module does:
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import email.utils
+import hashlib
 import json
 import math
 import re
@@ -26,14 +28,19 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import urllib3
 
+from chronox import metrics
 from chronox.bars import MAX_TRANSACTIONS, UTC, Bar, bar_problem, ts_from_ms, ts_from_ns
-from chronox.calendar import day_bounds_utc
+from chronox.breaker import CircuitBreaker, Throttled, get_breaker
+from chronox.calendar import calendar_for
+from chronox.markets import Market, polygon_ticker
 from chronox.ratelimit import RateLimiter, RequestBudget
 from chronox.settings import Settings
 from chronox.sources import shown
 from chronox.sources.base import ProviderError, Snapshot, TransientProviderError
 
 TRANSIENT_STATUSES = frozenset({408, 425, 429, 499}) | frozenset(range(500, 600))
+# timeframe -> (multiplier, timespan) of Polygon's aggregates endpoint
+INTRADAY_SPANS = {"1m": (1, "minute"), "5m": (5, "minute"), "15m": (15, "minute"), "1h": (1, "hour")}
 AGGS_PAGE_LIMIT = 50_000  # Polygon's maximum; a 7-day window of minute bars fits one page
 _API_KEY_PARAM = re.compile(r"(apiKey=)[^&\s'\"]+", re.IGNORECASE)
 
@@ -44,6 +51,10 @@ class PolygonError(ProviderError):
 
 class TransientPolygonError(TransientProviderError, PolygonError):
     """Worth retrying later; retry_after is Polygon's Retry-After in seconds, if it sent one."""
+
+
+class PolygonThrottled(Throttled, TransientPolygonError):
+    """429: Polygon is up and asks us to slow down, which the circuit breaker does not count."""
 
 
 def scrub(text: str, secret: str | None) -> str:
@@ -82,24 +93,34 @@ def _reason(body: bytes) -> str:
 class _Pool(urllib3.PoolManager):
     """The client's connection pool, with the budget spent and the answer classified per request."""
 
-    def __init__(self, budget: RequestBudget, secret: str, **kwargs: Any):
+    def __init__(self, budget: RequestBudget, breaker: CircuitBreaker, secret: str, **kwargs: Any):
         super().__init__(**kwargs)
         self._budget = budget
+        self._breaker = breaker
         self._secret = secret
 
     def urlopen(self, method: str, url: str, redirect: bool = True, **kw: Any) -> Any:  # type: ignore[override]
+        with self._breaker.call():
+            return self._answer(method, url, redirect, **kw)
+
+    def _answer(self, method: str, url: str, redirect: bool, **kw: Any) -> Any:
         path = urlsplit(url).path
         self._budget.before_request()
         try:
             response = super().urlopen(method, url, redirect=redirect, **kw)
         except urllib3.exceptions.HTTPError as exc:  # timeouts, refused and reset connections
+            metrics.provider_request("polygon", None)
             raise TransientPolygonError(scrub(f"{path}: {type(exc).__name__}: {exc}", self._secret)) from None
+        metrics.provider_request("polygon", response.status)
         if response.status == 200:
             return response
         message = scrub(f"Polygon answered {response.status} ({_reason(response.data)}) for {path}",
                         self._secret)
+        retry_after = _retry_after(response.headers.get("Retry-After"))
+        if response.status == 429:
+            raise PolygonThrottled(message, retry_after)
         if response.status in TRANSIENT_STATUSES:
-            raise TransientPolygonError(message, _retry_after(response.headers.get("Retry-After")))
+            raise TransientPolygonError(message, retry_after)
         raise PolygonError(message)
 
 
@@ -175,11 +196,30 @@ def _str(record: dict[str, Any], key: str, what: str, size: int) -> str | None:
     return value
 
 
-def _id(record: dict[str, Any], what: str) -> str:
+# What tells two corporate actions apart when Polygon sends no `id` (older API versions and
+# its documented examples until 2024): the fields ChronoX stores.
+DIVIDEND_IDENTITY = ("symbol", "ex_dividend_date", "record_date", "pay_date", "declaration_date",
+                     "cash_amount", "currency", "frequency", "dividend_type")
+SPLIT_IDENTITY = ("symbol", "execution_date", "split_from", "split_to")
+
+
+def derived_id(kind: str, row: dict[str, Any], identity: Sequence[str]) -> str:
+    """A stable id from a parsed record's identifying fields: a rerun upserts the same row.
+    The prefix keeps it apart from Polygon's ids (a letter and 64 hex digits)."""
+    parts = [kind] + ["" if row[k] is None else row[k].isoformat() if isinstance(row[k], dt.date)
+                      else repr(row[k]) for k in identity]
+    return f"chronox-{hashlib.sha256(chr(31).join(parts).encode()).hexdigest()[:40]}"
+
+
+def _with_id(record: dict[str, Any], row: dict[str, Any], kind: str, identity: Sequence[str],
+             what: str) -> dict[str, Any]:
+    """`row` with Polygon's id, or one derived from `identity` when the record has none."""
     value = record.get("id")
+    if value is None:
+        return {"id": derived_id(kind, row, identity), **row}
     if not isinstance(value, str) or not value or len(value) > 100:
-        raise _malformed(what, f"record without a usable id: {str(record)[:80]}")
-    return value
+        raise _malformed(what, f"record with an unusable id: {str(record)[:80]}")
+    return {"id": value, **row}
 
 
 @overload
@@ -216,7 +256,9 @@ class PolygonRest:
     name = "polygon"
 
     def __init__(self, settings: Settings, limiter: RateLimiter | None = None,
-                 page_limit: int = AGGS_PAGE_LIMIT):
+                 page_limit: int = AGGS_PAGE_LIMIT, market: str = "stocks"):
+        """`market`: whose tickers the canonical symbols are (crypto `BTC-USD` is `X:BTCUSD`
+        here); bars and snapshots come back under the canonical symbol."""
         from polygon import RESTClient
 
         if not settings.polygon_api_key:
@@ -224,12 +266,15 @@ class PolygonRest:
         import certifi
 
         self._secret = settings.polygon_api_key
+        self.market = Market(market)
+        self._calendar = calendar_for(market)
         self._page_limit = page_limit
         self._base = settings.polygon_base_url.rstrip("/")
         self._client = RESTClient(self._secret, base=self._base, retries=0, pagination=False)
         self.budget = RequestBudget(limiter)
-        self._pool = _Pool(self.budget, self._secret, num_pools=4, headers=self._client.headers,
-                           ca_certs=certifi.where(), cert_reqs="CERT_REQUIRED", retries=False,
+        self._pool = _Pool(self.budget, get_breaker(settings, "polygon"), self._secret, num_pools=4,
+                           headers=self._client.headers, ca_certs=certifi.where(), cert_reqs="CERT_REQUIRED",
+                           retries=False,
                            timeout=urllib3.Timeout(connect=min(10.0, settings.polygon_timeout),
                                                    read=settings.polygon_timeout))
         self._client.client = self._pool
@@ -264,11 +309,12 @@ class PolygonRest:
 
     def _aggs(self, symbol: str, timespan: str, start: Any, end: Any, what: str,
               window: tuple[dt.datetime, dt.datetime], limit: int | None = None, sort: str = "asc",
-              follow: bool = True) -> list[Bar]:
+              follow: bool = True, multiplier: int = 1) -> list[Bar]:
         """Aggregates whose window start lies in [window[0], window[1]); any other is malformed:
         a timestamp in the wrong unit would otherwise land on another day and be dropped there."""
         # Flat files are unadjusted; REST bars must be too, or a split would show as a jump.
-        response = self._client.get_aggs(symbol, 1, timespan, start, end, adjusted=False, sort=sort,
+        response = self._client.get_aggs(self._ticker(symbol), multiplier, timespan, start, end, adjusted=False,
+                                         sort=sort,
                                          limit=limit or self._page_limit, raw=True)
         bars: list[Bar] = []
         for page in self._pages(response, what):
@@ -287,19 +333,32 @@ class PolygonRest:
                 break
         return bars
 
+    def _ticker(self, symbol: str) -> str:
+        return polygon_ticker(symbol, self.market)
+
+    def _days(self, first: dt.date, last: dt.date) -> tuple[dt.datetime, dt.datetime]:
+        """[start, end) of the market's days first..last (New York days, or UTC days for crypto)."""
+        return self._calendar.day_bounds(first)[0], self._calendar.day_bounds(last)[1]
+
     def minute_bars(self, symbol: str, first: dt.date, last: dt.date) -> list[Bar]:
-        start, end = day_bounds_utc(first)[0], day_bounds_utc(last)[1]
-        # Epoch ms bounds: exactly the New York days, whatever Polygon makes of a bare date.
-        return self._aggs(symbol, "minute", _ms(start), _ms(end) - 1,
-                          f"minute aggregates of {symbol} {first}..{last}", (start, end))
+        return self.intraday_bars(symbol, "1m", first, last)
+
+    def intraday_bars(self, symbol: str, timeframe: str, first: dt.date, last: dt.date) -> list[Bar]:
+        """Aggregates of 1m, 5m, 15m or 1h (window start, UTC) on the market's days first..last."""
+        multiplier, timespan = INTRADAY_SPANS[timeframe]
+        start, end = self._days(first, last)
+        # Epoch ms bounds: exactly the market's days, whatever Polygon makes of a bare date.
+        return self._aggs(symbol, timespan, _ms(start), _ms(end) - 1,
+                          f"{'minute' if timeframe == '1m' else timeframe} aggregates of {symbol} {first}..{last}",
+                          (start, end), multiplier=multiplier)
 
     def daily_bars(self, symbol: str, first: dt.date, last: dt.date) -> list[Bar]:
         return self._aggs(symbol, "day", first.isoformat(), last.isoformat(),
                           f"daily aggregates of {symbol} {first}..{last}",
                           # A day of slack: Polygon stamps daily bars at New York midnight, but
                           # only a unit or range mistake is worth failing the answer for.
-                          (day_bounds_utc(first)[0] - dt.timedelta(days=1),
-                           day_bounds_utc(last)[1] + dt.timedelta(days=1)))
+                          (self._days(first, last)[0] - dt.timedelta(days=1),
+                           self._days(first, last)[1] + dt.timedelta(days=1)))
 
     def last_minute_agg(self, symbol: str, now: dt.datetime | None = None) -> Snapshot | None:
         now = now or dt.datetime.now(UTC)
@@ -318,14 +377,14 @@ class PolygonRest:
 
     def ticker_details(self, symbol: str) -> dict[str, Any]:
         what = f"ticker details of {symbol}"
-        results = self._json(self._client.get_ticker_details(symbol, raw=True), what).get("results")
+        results = self._json(self._client.get_ticker_details(self._ticker(symbol), raw=True), what).get("results")
         if not isinstance(results, dict) or not isinstance(results.get("ticker"), str):
             raise _malformed(what, "no results object with a ticker")
         return results
 
     def _reference(self, endpoint: Callable[..., Any], symbol: str, what: str) -> Iterator[dict[str, Any]]:
         """Every record of a paginated reference endpoint (dividends, splits) for one ticker."""
-        response = endpoint(ticker=symbol, limit=min(self._page_limit, 1000), raw=True)
+        response = endpoint(ticker=self._ticker(symbol), limit=min(self._page_limit, 1000), raw=True)
         for page in self._pages(response, what):
             results = page.get("results")
             if not isinstance(results, list) or not all(isinstance(r, dict) for r in results):
@@ -334,8 +393,8 @@ class PolygonRest:
 
     def dividends(self, symbol: str) -> list[dict[str, Any]]:
         what = f"dividends of {symbol}"
-        return [{
-            "id": _id(r, what), "symbol": symbol,
+        return [_with_id(r, {
+            "symbol": symbol,
             "ex_dividend_date": _date(r, "ex_dividend_date", what),
             "record_date": _date(r, "record_date", what, required=False),
             "pay_date": _date(r, "pay_date", what, required=False),
@@ -344,39 +403,58 @@ class PolygonRest:
             "currency": _str(r, "currency", what, 8),
             "frequency": _int(r, "frequency", what, required=False, maximum=MAX_TRANSACTIONS),
             "dividend_type": _str(r, "dividend_type", what, 8),
-        } for r in self._reference(self._client.list_dividends, symbol, what)]
+        }, "dividend", DIVIDEND_IDENTITY, what) for r in self._reference(self._client.list_dividends, symbol, what)]
 
     def splits(self, symbol: str) -> list[dict[str, Any]]:
         what = f"splits of {symbol}"
-        return [{
-            "id": _id(r, what), "symbol": symbol,
+        return [_with_id(r, {
+            "symbol": symbol,
             "execution_date": _date(r, "execution_date", what),
             "split_from": _number(r, "split_from", what, positive=True),
             "split_to": _number(r, "split_to", what, positive=True),
-        } for r in self._reference(self._client.list_splits, symbol, what)]
+        }, "split", SPLIT_IDENTITY, what) for r in self._reference(self._client.list_splits, symbol, what)]
 
     def snapshots(self, symbols: Sequence[str]) -> list[Snapshot]:
         what = f"snapshot of {len(symbols)} ticker(s)"
-        payload = self._json(self._client.get_snapshot_all("stocks", tickers=list(symbols), raw=True), what)
+        canonical = {self._ticker(s): s for s in symbols}
+        payload = self._json(self._client.get_snapshot_all(self.market.value, tickers=list(canonical), raw=True),
+                             what)
         tickers = payload.get("tickers")
         if not isinstance(tickers, list):
             raise _malformed(what, "no tickers list")
-        wanted = set(symbols)
         out = []
         for record in tickers:
             snap = _ticker_snapshot(record, what)
             # A ticker nobody asked for is not ours to store (and may not fit the symbol column).
-            if snap is not None and snap.symbol in wanted:
-                out.append(snap)
+            if snap is not None and snap.symbol in canonical:
+                out.append(dataclasses.replace(snap, symbol=canonical[snap.symbol]))
         return out
 
     def last_trade(self, symbol: str) -> Snapshot | None:
         what = f"last trade of {symbol}"
+        if self.market == Market.CRYPTO:
+            return self._last_crypto_trade(symbol, what)
         results = self._json(self._client.get_last_trade(symbol, raw=True), what).get("results")
         if not isinstance(results, dict):
             raise _malformed(what, "no results object")
         return Snapshot(symbol, _time(results, "t", what, ts_from_ns), _number(results, "p", what, positive=True),
                         _number(results, "s", what, required=False), None, "rest")
+
+
+    def _last_crypto_trade(self, symbol: str, what: str) -> Snapshot | None:
+        """/v1/last/crypto/{from}/{to}: its status is "success" and the trade is under `last`
+        with a millisecond `timestamp`."""
+        base, _, quote = symbol.partition("-")
+        try:
+            payload = json.loads(self._client.get_last_crypto_trade(base, quote, raw=True).data,
+                                 parse_constant=_reject_constant)
+        except ValueError as exc:
+            raise _malformed(what, f"not JSON ({exc})") from None
+        last = payload.get("last") if isinstance(payload, dict) else None
+        if not isinstance(last, dict):
+            raise _malformed(what, "no last object")
+        return Snapshot(symbol, _time(last, "timestamp", what, ts_from_ms), _number(last, "price", what, positive=True),
+                        _number(last, "size", what, required=False), None, "rest")
 
 
 def _positive(value: float | None) -> float | None:

@@ -14,35 +14,41 @@ from pathlib import Path
 from typing import Any
 
 from chronox.bars import Bar
-from chronox.calendar import NEW_YORK, day_bounds_utc, trading_days
+from chronox.calendar import calendar_for
+from chronox.markets import Market, polygon_ticker_spellings
 from chronox.settings import Settings
 from chronox.sources.base import ProviderError, Snapshot
-from chronox.sources.flatfiles import PREFIX, DayFileReader, FlatFileStore, FlatRow
+from chronox.sources.flatfiles import GLOBAL_CRYPTO, PREFIXES, US_STOCKS, DayFileReader, FlatFileStore, FlatRow
 
 
 class ReplayProvider:
     name = "replay"
 
-    def __init__(self, settings: Settings, today: dt.date | None = None):
-        self._store = FlatFileStore(settings)
+    def __init__(self, settings: Settings, today: dt.date | None = None, market: str = "stocks"):
+        """`market`: stocks read Polygon's US stocks files, crypto its global crypto files."""
+        self.market = Market(market)
+        self._calendar = calendar_for(market)
+        self._store = FlatFileStore(settings, GLOBAL_CRYPTO if self.market == Market.CRYPTO else US_STOCKS)
         if self._store.is_s3:
             raise ProviderError("CHRONOX_PROVIDER=replay reads local day files: "
                                "set CHRONOX_FLATFILES_URL to a directory")
-        self._today = today or dt.datetime.now(NEW_YORK).date()
+        self._today = today or self._calendar.day_of(dt.datetime.now(dt.UTC))
 
     def _rows(self, day: dt.date, symbols: Sequence[str]) -> tuple[dict[str, list[FlatRow]], list[dt.datetime]]:
         found: dict[str, list[FlatRow]] = defaultdict(list)
         if not self._store.exists(day):
             return found, []
+        aliases = {spelling: s for s in symbols for spelling in polygon_ticker_spellings(s, self.market)}
         with self._store.open(day) as raw:
-            reader = DayFileReader(raw, day, symbols, self._store.location(day))
+            reader = DayFileReader(raw, day, list(aliases), self._store.location(day),
+                                   bounds=self._calendar.day_bounds(day), aliases=aliases)
             for row in reader:
                 found[row.symbol].append(row)
         return found, reader.minute_times
 
     def minute_bars(self, symbol: str, first: dt.date, last: dt.date) -> list[Bar]:
         bars: list[Bar] = []
-        for day in trading_days(first, last):
+        for day in self._calendar.trading_days(first, last):
             if not self._store.exists(day):
                 # Polygon would answer with the day's bars; an empty answer here would
                 # record the day as covered, as if the symbol had not traded.
@@ -52,15 +58,27 @@ class ReplayProvider:
                             r.transactions, "api") for r in rows[symbol])
         return bars
 
+    def intraday_bars(self, symbol: str, timeframe: str, first: dt.date, last: dt.date) -> list[Bar]:
+        """Minute bars of the files, aggregated into buckets of the timeframe as Polygon does."""
+        minutes = {"1m": 1, "5m": 5, "15m": 15, "1h": 60}[timeframe]
+        buckets: dict[dt.datetime, list[Bar]] = {}
+        for bar in self.minute_bars(symbol, first, last):
+            start = bar.ts.replace(minute=bar.ts.minute // minutes * minutes)
+            buckets.setdefault(start, []).append(bar)
+        return [Bar(symbol, start, group[0].open, max(b.high for b in group), min(b.low for b in group),
+                    group[-1].close, sum(b.volume for b in group), None,
+                    sum(b.transactions or 0 for b in group), "api")
+                for start, group in sorted(buckets.items())]
+
     def daily_bars(self, symbol: str, first: dt.date, last: dt.date) -> list[Bar]:
         bars = []
-        for day in trading_days(first, last):
+        for day in self._calendar.trading_days(first, last):
             rows = self._rows(day, [symbol])[0][symbol]
             if not rows:
                 continue
             volume = sum(r.volume for r in rows)
             vwap = sum(r.close * r.volume for r in rows) / volume if volume else None
-            bars.append(Bar(symbol, day_bounds_utc(day)[0], rows[0].open, max(r.high for r in rows),
+            bars.append(Bar(symbol, self._calendar.day_bounds(day)[0], rows[0].open, max(r.high for r in rows),
                             min(r.low for r in rows), rows[-1].close, volume, vwap,
                             sum(r.transactions or 0 for r in rows), "api"))
         return bars
@@ -77,7 +95,7 @@ class ReplayProvider:
         return []
 
     def _newest_day(self) -> dt.date | None:
-        root = Path(self._store.root) / PREFIX
+        root = Path(self._store.root) / PREFIXES[self._store.dataset]
         days = []
         for path in root.glob("*/*/*.csv.gz"):
             try:

@@ -16,6 +16,7 @@ import asyncio
 import json
 import logging
 import random
+import re
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
@@ -41,6 +42,14 @@ class AuthFailed(Exception):
 
 def channel(symbol: str) -> str:
     return f"AM.{symbol}"
+
+
+def crypto_channel(symbol: str) -> str:
+    """Polygon crypto cluster's minute aggregates of a canonical pair: XA.BTC-USD."""
+    return f"XA.{symbol}"
+
+
+CRYPTO_PAIR = re.compile(r"^[A-Z0-9]{1,12}-[A-Z0-9]{1,12}$")
 
 
 def backoff_delay(attempt: int, low: float, high: float,
@@ -79,6 +88,21 @@ def am_to_bar(event: Any) -> Bar:
     symbol = event.get("sym")
     if not isinstance(symbol, str) or not SYMBOL_PATTERN.fullmatch(symbol):
         raise ValueError(f"invalid symbol {shown(symbol)}")
+    return _aggregate_bar(symbol, event)
+
+
+def xa_to_bar(event: Any) -> Bar:
+    """A crypto minute-aggregate event (`XA`, Polygon's crypto cluster) as a bar: `pair` is
+    `BTC-USD`, the window start `s` epoch ms; ValueError if unusable."""
+    if not isinstance(event, dict) or event.get("ev") != "XA":
+        raise ValueError("not an XA event")
+    pair = event.get("pair")
+    if not isinstance(pair, str) or not CRYPTO_PAIR.fullmatch(pair):
+        raise ValueError(f"invalid pair {shown(pair)}")
+    return _aggregate_bar(pair, event)
+
+
+def _aggregate_bar(symbol: str, event: dict[str, Any]) -> Bar:
     try:
         start = event["s"]
         if not isinstance(start, int) or isinstance(start, bool) or start <= 0:

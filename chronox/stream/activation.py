@@ -12,7 +12,7 @@ from typing import Any
 
 from chronox import registry
 from chronox.bars import UTC, isoformat_utc
-from chronox.calendar import NEW_YORK, in_extended_session, session
+from chronox.calendar import calendar_for, in_extended_session
 from chronox.db import get_engine
 from chronox.delivery import Delivery
 from chronox.models import RegistryStatus
@@ -25,19 +25,31 @@ log = logging.getLogger(__name__)
 CONTROL_CHANNEL = "chronox.control.stream"  # Redis pub/sub: "re-read the registry now"
 
 
-def activate(settings: Settings, symbol: str) -> dict[str, Any]:
-    """The `stream` phase: mark the symbol, announce it, and wake the stream process."""
+def activate(settings: Settings, symbol: str, strategy: str | None = None) -> dict[str, Any]:
+    """The `stream` phase: mark the symbol, announce it, and wake the stream process.
+
+    The stream process follows the registry, so a symbol outside it (an ad-hoc run) is
+    not activated.
+    """
     symbol = validate_symbol(symbol)
     engine = get_engine(settings.database_url)
-    row = registry.get_symbol(engine, symbol)
+    try:
+        row = registry.get_symbol(engine, symbol)
+    except registry.UnknownSymbol:
+        reason = "not registered: the stream process streams registry symbols (add it with `chronox symbols add`)"
+        log.warning("%s not activated for streaming: %s", symbol, reason)
+        return {"symbol": symbol, "activated": False, "reason": reason}
     if not row.enabled or "stream" not in row.phases:
         reason = "disabled" if not row.enabled else f"strategy {row.strategy} has no stream phase"
         log.warning("%s not activated for streaming: %s", symbol, reason)
         return {"symbol": symbol, "activated": False, "reason": reason}
     if row.status != RegistryStatus.ERROR:  # an earlier phase's error must survive to finalize
         registry.set_status(engine, [symbol], RegistryStatus.RUNNING)
-    event = {"event": "stream_activated", "symbol": symbol, "ts": isoformat_utc(dt.datetime.now(UTC)),
-             "version": ENVELOPE_VERSION}
+    now = isoformat_utc(dt.datetime.now(UTC))
+    # action, strategy and timestamp: the registry service's activation fields.
+    event = {"event": "stream_activated", "symbol": symbol, "ts": now, "version": ENVELOPE_VERSION,
+             "strategy": strategy or row.strategy, "action": "activate", "timestamp": now,
+             "market": row.market.value, "provider": row.provider.value}
     published = Delivery(settings, engine).announce("stream", symbol, event)
     mirror = get_mirror(settings)
     if mirror is not None:
@@ -50,21 +62,24 @@ def check_health(settings: Settings, now: str | dt.datetime | None = None) -> di
 
     The clock starts at the later of the last bar, the registration and the session's
     extended open, so a symbol is never stale in the first minutes of a session.
-    Outside the extended session (04:00-20:00 New York on trading days) nothing is stale.
+    Outside the extended session (04:00-20:00 New York on trading days) no stock is stale;
+    crypto trades around the clock, so its symbols are always in session (`in_session`
+    reports the stock market's).
     """
     moment = parse_moment(now) or dt.datetime.now(UTC)
     engine = get_engine(settings.database_url)
     rows = registry.list_symbols(engine, enabled_only=True, phase="stream")
-    result: dict[str, Any] = {"now": isoformat_utc(moment), "checked": len(rows), "in_session": False,
-                              "stale": 0, "stale_symbols": []}
-    if not in_extended_session(moment):
-        return result
-    result["in_session"] = True
-    opened = session(moment.astimezone(NEW_YORK).date()).extended_open
+    result: dict[str, Any] = {"now": isoformat_utc(moment), "checked": len(rows),
+                              "in_session": in_extended_session(moment), "stale": 0, "stale_symbols": []}
     limit = dt.timedelta(minutes=settings.stream_stale_minutes)
     for row in rows:
+        calendar = calendar_for(row.market)
+        if not calendar.in_extended_session(moment):
+            continue
         last = row.last_stream
-        since = max(last or row.created_at or moment, opened)
+        since = last or row.created_at or moment
+        if not calendar.around_the_clock:  # a session's first minutes follow a quiet night
+            since = max(since, calendar.extended_session(calendar.day_of(moment))[0])
         if moment - since <= limit:
             continue
         if last is None:

@@ -4,8 +4,10 @@ of missed windows to REST gap fill.
 Polygon allows one websocket per market and account, so streaming is one long-running
 process, not a Celery task. Inside it:
 
-- the socket reader (asyncio, main thread) decodes frames and hands AM events to the
-  bounded backlog of chronox.stream.writer, whose writer threads store and publish them;
+- one feed per market and provider with streaming symbols (Polygon's stocks cluster, AM
+  events; its crypto cluster, XA events; Binance's closed 1m klines), each a socket
+  reader (asyncio, main thread) that decodes frames and hands events to the bounded
+  backlog of chronox.stream.writer, whose writer threads store and publish them;
 - the registry follower re-reads the registry every CHRONOX_STREAM_POLL_SECONDS, and at
   once when the `stream` phase signals over Redis pub/sub (CONTROL_CHANNEL);
 - after a reconnect, the window the connection was down is handed to REST gap fill.
@@ -22,21 +24,25 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from chronox import registry
+from chronox import health, metrics, registry
 from chronox.bars import UTC, isoformat_utc
-from chronox.calendar import NEW_YORK
+from chronox.calendar import calendar_for, in_extended_session
 from chronox.db import get_engine
+from chronox.markets import Market, ProviderId, binance_symbol
 from chronox.settings import ConfigError, Settings
-from chronox.sources.websocket import PolygonStream, channel, split_frame
+from chronox.sources.binance_ws import BinanceStream, kline_bar
+from chronox.sources.binance_ws import channel as binance_channel
+from chronox.sources.websocket import PolygonStream, channel, crypto_channel, split_frame
 from chronox.stream.activation import CONTROL_CHANNEL
 from chronox.stream.writer import Backlog, BadFrame, BarWriter, StreamStats
 
 log = logging.getLogger(__name__)
 
 STATS_SECONDS = 60.0
+OBSERVE_SECONDS = 1.0
 BACKLOG_WARN_SECONDS = 10.0
 # A bar is sent after its minute closes, so the minutes just before a drop may have been in flight.
 GAP_LEAD = dt.timedelta(minutes=2)
@@ -53,12 +59,13 @@ class GapFill:
     symbols: tuple[str, ...]
     start: dt.datetime
     end: dt.datetime
+    market: str = "stocks"
 
     @property
     def days(self) -> tuple[str, str]:
-        """First and last New York day of the window, as the backfill task takes them."""
-        return (self.start.astimezone(NEW_YORK).date().isoformat(),
-                self.end.astimezone(NEW_YORK).date().isoformat())
+        """First and last day of the window on the symbols' market, as the backfill task takes them."""
+        day_of = calendar_for(self.market).day_of
+        return day_of(self.start).isoformat(), day_of(self.end).isoformat()
 
     def as_dict(self) -> dict[str, Any]:
         first, last = self.days
@@ -69,32 +76,88 @@ class GapFill:
 GapFillSender = Callable[[GapFill], int]
 
 
+@dataclass
+class Feed:
+    """One socket of the process: a market's symbols from one provider."""
+
+    market: str
+    provider: str
+    client: Any  # PolygonStream or BinanceStream: run, stop, set_channels, connections, reconnects
+    channel: Callable[[str], str]
+    symbols: tuple[str, ...] = ()
+    down: tuple[dt.datetime, tuple[str, ...]] | None = None
+    task: asyncio.Task[None] | None = None
+    names: dict[str, str] = field(default_factory=dict)  # the provider's spelling -> canonical
+
+    @property
+    def label(self) -> str:
+        return f"{self.provider} {self.market}"
+
+
 class StreamProcess:
     """Runs until SIGTERM/SIGINT; `run()` returns the exit code, raises AuthFailed for a bad key."""
 
     def __init__(self, settings: Settings, gap_fill: GapFillSender | None = None):
-        if not settings.polygon_api_key:
-            raise ConfigError("POLYGON_API_KEY is not set: `chronox stream` needs a Polygon API key")
         self._settings = settings
         self._gap_fill = gap_fill
         self._engine = get_engine(settings.database_url)
+        rows = registry.list_symbols(self._engine, enabled_only=True, phase="stream")
+        if not settings.polygon_api_key and (not rows or any(r.provider == ProviderId.POLYGON for r in rows)):
+            raise ConfigError("POLYGON_API_KEY is not set: `chronox stream` needs a Polygon API key")
         self.stats = StreamStats()
         self._backlog = Backlog(settings.stream_backlog)
         self._writer = BarWriter(settings, self._engine, self._backlog, self.stats)
         self._wanted: tuple[str, ...] = ()
-        self._down: tuple[dt.datetime, tuple[str, ...]] | None = None
+        self._feeds: dict[tuple[str, str], Feed] = {}
         self._stopping = False
         self._last_full_warning = 0.0
+        self._warned_no_key = False
         self._handoffs: set[asyncio.Task[None]] = set()
         self._listener_stop = threading.Event()
         self._wake = asyncio.Event()  # set by the Redis listener: re-read the registry now
-        self._client = PolygonStream(
-            settings.polygon_ws_url, settings.polygon_api_key, self._on_frame,
-            reconnect_min=settings.stream_reconnect_min_seconds,
-            reconnect_max=settings.stream_reconnect_max_seconds,
-            on_lost=self._lost, on_restored=self._restored)
+        self._feed_added = asyncio.Event()
+
+    def _feed(self, market: str, provider: str) -> Feed | None:
+        """The feed of a market and provider, created at first use; None when it cannot run."""
+        key = (market, provider)
+        if key in self._feeds:
+            return self._feeds[key]
+        s = self._settings
+        feed = Feed(market, provider, None, channel)
+        low, high = s.stream_reconnect_min_seconds, s.stream_reconnect_max_seconds
+
+        def lost(reason: str) -> None:
+            self._lost(feed, reason)
+
+        def restored(seconds: float) -> None:
+            self._restored(feed, seconds)
+
+        if provider == ProviderId.BINANCE:
+            async def on_kline(frame: str | bytes) -> None:
+                await self._on_kline(frame, feed.names)
+
+            feed.client = BinanceStream(s.binance_ws_url, on_kline, reconnect_min=low, reconnect_max=high,
+                                        on_lost=lost, on_restored=restored)
+            feed.channel = binance_channel
+        elif provider == ProviderId.POLYGON and s.polygon_api_key:
+            url = s.polygon_crypto_ws_url if market == Market.CRYPTO else s.polygon_ws_url
+            feed.client = PolygonStream(url, s.polygon_api_key, self._on_frame, reconnect_min=low,
+                                        reconnect_max=high, on_lost=lost, on_restored=restored)
+            feed.channel = crypto_channel if market == Market.CRYPTO else channel
+        else:
+            if not self._warned_no_key:
+                self._warned_no_key = True
+                log.error("stream: %s %s symbols are registered to stream, but POLYGON_API_KEY is not set; "
+                          "they are not streamed", provider, market)
+            return None
+        self._feeds[key] = feed
+        self._feed_added.set()
+        return feed
 
     def run(self) -> int:
+        endpoint = health.serve(self._settings, "stream")
+        for provider in (ProviderId.POLYGON, ProviderId.BINANCE):
+            metrics.stream_limits(provider.value, self._settings.stream_stale_minutes)
         self._writer.start()
         try:
             asyncio.run(self._main())
@@ -103,14 +166,16 @@ class StreamProcess:
             self._backlog.close()
             self._writer.join()
             self._snapshot_stats()
+            if endpoint is not None:
+                endpoint.stop()
         if self.stats.lost:
             log.error("stopped with %d stream event(s) not written", self.stats.lost)
             return 1
         return 0
 
     def _snapshot_stats(self) -> None:
-        self.stats.connections = self._client.connections
-        self.stats.reconnects = self._client.reconnects
+        self.stats.connections = sum(f.client.connections for f in self._feeds.values())
+        self.stats.reconnects = sum(f.client.reconnects for f in self._feeds.values())
         self.stats.backlog = len(self._backlog)
         self.stats.backlog_high = self._backlog.high_water
 
@@ -123,24 +188,33 @@ class StreamProcess:
         if self._settings.redis_url:
             threading.Thread(target=self._listen, args=(loop,), name="chronox-stream-signal",
                              daemon=True).start()
-        log.info("stream: %s, %d symbol(s), writing to %s", self._settings.polygon_ws_url,
+        log.info("stream: %s, %d symbol(s), writing to %s",
+                 ", ".join(f"{f.label} {f.client.url}" for f in self._feeds.values()) or "no feed yet",
                  len(self._wanted), self._engine.url.render_as_string(hide_password=True))
-        reader = asyncio.create_task(self._client.run())
-        helpers = [asyncio.create_task(self._follow_registry()), asyncio.create_task(self._report())]
+        helpers = [asyncio.create_task(self._follow_registry()), asyncio.create_task(self._report()),
+                   asyncio.create_task(self._observe())]
         stopper = asyncio.create_task(stop.wait())
         try:
-            await asyncio.wait({reader, stopper}, return_when=asyncio.FIRST_COMPLETED)
-            if reader.done():
-                reader.result()  # AuthFailed, or a bug: either ends the process
+            while not stop.is_set():
+                readers = {f.task for f in self._feeds.values() if f.task is not None}
+                self._feed_added.clear()
+                added = asyncio.create_task(self._feed_added.wait())
+                done, _ = await asyncio.wait({*readers, stopper, added}, return_when=asyncio.FIRST_COMPLETED)
+                added.cancel()
+                for reader in done & readers:
+                    reader.result()  # AuthFailed, or a bug: either ends the process
         finally:
             self._stopping = True
             for task in (*helpers, stopper):
                 task.cancel()
-            await self._client.stop()
-            try:
-                await asyncio.wait_for(reader, 5)
-            except BaseException:  # its outcome was reported above, or it is being torn down
-                pass
+            for feed in self._feeds.values():
+                await feed.client.stop()
+            for feed in self._feeds.values():
+                if feed.task is not None:
+                    try:
+                        await asyncio.wait_for(feed.task, 5)
+                    except BaseException:  # its outcome was reported above, or it is being torn down
+                        pass
             if self._handoffs:
                 await asyncio.wait(self._handoffs, timeout=30)
 
@@ -155,6 +229,17 @@ class StreamProcess:
 
     # -- the socket reader ---------------------------------------------------
 
+    async def _on_kline(self, frame: str | bytes, names: dict[str, str]) -> None:
+        """A Binance frame: a closed kline is a bar, an open one nothing, anything else bad."""
+        try:
+            bar = kline_bar(frame, names)
+        except ValueError as exc:
+            text = frame.decode("utf-8", "replace") if isinstance(frame, bytes) else frame
+            await self._offer([BadFrame(text[:2000], f"unusable kline: {exc}", "binance-ws")])
+            return
+        if bar is not None:
+            await self._offer([bar])
+
     async def _on_frame(self, frame: str | bytes) -> None:
         try:
             events, statuses = split_frame(frame)
@@ -166,8 +251,10 @@ class StreamProcess:
                 log.debug("stream: %s", status.get("message"))
             else:
                 log.warning("stream status %s: %s", status.get("status"), status.get("message"))
-        if not events:
-            return
+        if events:
+            await self._offer(events)
+
+    async def _offer(self, events: list[Any]) -> None:
         self.stats.received += len(events)
         if self._backlog.offer(events):
             return
@@ -195,15 +282,34 @@ class StreamProcess:
 
     async def _refresh(self) -> None:
         try:
-            symbols = tuple(await asyncio.to_thread(registry.symbols_with_phase, self._engine, "stream"))
+            rows = await asyncio.to_thread(registry.list_symbols, self._engine, True, None, "stream")
         except Exception as exc:  # keep streaming what we have; the next poll retries
             log.warning("stream: registry read failed, keeping %d subscription(s): %s", len(self._wanted), exc)
             return
-        self._wanted = symbols
-        self.stats.subscribed = len(symbols)
-        added, removed = await self._client.set_channels(channel(s) for s in symbols)
-        if added or removed:
-            log.info("stream: subscribed %s; unsubscribed %s", _some(sorted(added)), _some(sorted(removed)))
+        groups: dict[tuple[str, str], list[str]] = {key: [] for key in self._feeds}
+        for row in rows:
+            groups.setdefault((row.market.value, row.provider.value), []).append(row.symbol)
+        wanted: list[str] = []
+        origins: dict[str, tuple[str, str]] = {}
+        for (market, provider), symbols in sorted(groups.items()):
+            feed = self._feed(market, provider) if symbols else self._feeds.get((market, provider))
+            if feed is None:
+                continue
+            feed.symbols = tuple(symbols)
+            wanted += symbols
+            origins.update((s, (market, provider)) for s in symbols)
+            if provider == ProviderId.BINANCE:
+                feed.names.clear()
+                feed.names.update((binance_symbol(s), s) for s in symbols)
+            added, removed = await feed.client.set_channels(feed.channel(s) for s in symbols)
+            if added or removed:
+                log.info("stream: %s subscribed %s; unsubscribed %s", feed.label, _some(sorted(added)),
+                         _some(sorted(removed)))
+            if feed.task is None and symbols:
+                feed.task = asyncio.create_task(feed.client.run())
+        self._wanted = tuple(sorted(wanted))
+        self._writer.origins = origins
+        self.stats.subscribed = len(self._wanted)
 
     def _listen(self, loop: asyncio.AbstractEventLoop) -> None:
         """Redis pub/sub wake-ups from the stream phase; polling keeps working without them."""
@@ -227,20 +333,21 @@ class StreamProcess:
 
     # -- outages -> gap fill ---------------------------------------------------
 
-    def _lost(self, reason: str) -> None:
-        if self._down is None:
-            self._down = (_utcnow(), self._wanted)
+    def _lost(self, feed: Feed, reason: str) -> None:
+        if feed.down is None:
+            feed.down = (_utcnow(), feed.symbols)
 
-    def _restored(self, seconds_down: float) -> None:
-        if self._down is None:
+    def _restored(self, feed: Feed, seconds_down: float) -> None:
+        if feed.down is None:
             return
-        since, symbols = self._down
-        self._down = None
+        since, symbols = feed.down
+        feed.down = None
         if not symbols:
             return
         start = (since - GAP_LEAD).replace(second=0, microsecond=0)
         end = _utcnow().replace(microsecond=0) + dt.timedelta(seconds=1)
-        task = asyncio.create_task(asyncio.to_thread(self._hand_off, GapFill(symbols, start, end)))
+        gap = GapFill(symbols, start, end, feed.market)
+        task = asyncio.create_task(asyncio.to_thread(self._hand_off, gap))
         self._handoffs.add(task)
         task.add_done_callback(self._handoffs.discard)
 
@@ -270,6 +377,15 @@ class StreamProcess:
             await asyncio.sleep(STATS_SECONDS)
             self._snapshot_stats()
             log.info("stream stats: %s", json.dumps(self.stats.as_dict()))
+
+    async def _observe(self) -> None:
+        """The event loop's heartbeat (/healthz) and the stream's gauges, every OBSERVE_SECONDS."""
+        while True:
+            health.beat()
+            for feed in self._feeds.values():
+                metrics.stream_state(feed.provider, len(feed.symbols), len(self._backlog))
+            metrics.session_open("stocks", in_extended_session(_utcnow()))
+            await asyncio.sleep(OBSERVE_SECONDS)
 
 
 def _some(items: Sequence[str], limit: int = 10) -> str:

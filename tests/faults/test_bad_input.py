@@ -42,10 +42,9 @@ from chronox.snapshot import refresh
 from chronox.sources.flatfiles import HEADER, relative_path
 from chronox.sources.polygon import PolygonError, PolygonRest, TransientPolygonError
 from chronox.stream.process import StreamProcess
+from chronox.testing.polygon_ws import FakePolygonStream
 from tests.conftest import REPO
-from tests.helpers import count
-from tests.rest_support import KEY, polygon, rest_db  # noqa: F401
-from tests.stubs.polygon_ws import FakePolygonStream
+from tests.helpers import KEY, count
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -289,7 +288,7 @@ def test_hostile_rows_are_quarantined_with_reasons_and_the_rest_loads(registered
         minute = (int(fields[COLUMN["window_start"]]) - day_start_ns(DAY)) // MINUTE_NS
         assert stored[("AAPL", minute_ts(DAY, minute))][:6] == \
             (float(fields[COLUMN["open"]]), 99.0, 1.0, float(fields[COLUMN["close"]]), 100.0, None)
-    for i, (label, (spelling, value)) in enumerate(ODD_BUT_VALID.items()):
+    for i, (label, (_spelling, value)) in enumerate(ODD_BUT_VALID.items()):
         assert stored[("BRK.B", minute_ts(DAY, 500 + i))][0] == value, label
     assert coverage(url) == {"AAPL": 60, "BRK.B": len(ODD_BUT_VALID)}
 
@@ -528,7 +527,7 @@ def test_bars_with_impossible_values_are_quarantined_and_the_rest_stored(rest_db
     assert coverage(rest_db) == {RSYMBOL: len(good)}
     records = quarantined(rest_db)
     assert len(records) == len(bad)
-    for (label, (fields, reason)), (symbol, origin, raw, got) in zip(BAD_BARS.items(), records):
+    for (label, (_fields, reason)), (symbol, origin, raw, got) in zip(BAD_BARS.items(), records, strict=True):
         assert (symbol, origin.startswith(f"polygon:minute:{RSYMBOL}:")) == (RSYMBOL, True), label
         assert reason in got, (label, got)
         assert json.loads(raw)["ts"].startswith("2024-03-04T")
@@ -973,10 +972,10 @@ TIMEFRAME_TEXT = st.one_of(st.text(max_size=6), st.sampled_from(["1m", "1M", " 1
 
 @CLI_HYPOTHESIS
 @given(timeframe=TIMEFRAME_TEXT)
-def test_timeframes_are_1m_or_refused_in_one_line(sqlite_url, flatfiles, timeframe):
+def test_timeframes_are_the_supported_ones_or_refused_in_one_line(sqlite_url, flatfiles, timeframe):
     result = invoke("symbols", "add", "AAPL", "--strategy=flatpack", f"--timeframe={timeframe}")
     dry = invoke("run", "--dry-run", f"--timeframe={timeframe}")
-    if timeframe.strip().lower() == "1m":
+    if timeframe.strip().lower() in {"1m", "5m", "15m", "1h", "1d"}:
         assert (result.exit_code, dry.exit_code) == (0, 0), (result.output, dry.output)
         assert invoke("symbols", "remove", "AAPL").exit_code == 0
         return

@@ -17,7 +17,7 @@ from tests.faults.support import (
     start_execution,
     wait_for_run,
 )
-from tests.rest_support import polygon, polygon_minute_bars, rest_pg  # noqa: F401
+from tests.helpers import polygon_minute_bars
 
 pytestmark = pytest.mark.timeout(150)
 
