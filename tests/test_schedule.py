@@ -26,7 +26,8 @@ def test_default_schedule_routes_and_expires(monkeypatch):
 
     schedule = beat_schedule()
     app.loader.import_default_modules()
-    assert set(schedule) == {"nightly_gap_scan", "snapshot_refresh", "stream_monitor", "outbox_drain"}
+    assert set(schedule) == {"nightly_gap_scan", "snapshot_refresh", "stream_monitor", "outbox_drain",
+                             "daily_historical", "weekly_backfill", "hourly_refresh", "latest_prices"}
     for name, entry in schedule.items():
         assert entry["task"] in app.tasks, name
         assert entry["options"]["queue"].startswith("chronox."), name
@@ -77,8 +78,10 @@ def test_gap_scan_dispatches_gapped_symbols_but_not_running_ones(db_url, monkeyp
                [{"symbol": "FULLB", "trading_day": d, "source": "flatpack", "rows": 500} for d in days],
                keys=("symbol", "trading_day", "source"), updates=("rows",))
         table = SymbolRegistry.__table__
-        conn.execute(update(table).where(table.c.symbol == "RUNC").values(status="running", updated_at=NOW - dt.timedelta(hours=1)))
-        conn.execute(update(table).where(table.c.symbol == "DEADD").values(status="running", updated_at=NOW - dt.timedelta(hours=10)))
+        conn.execute(update(table).where(table.c.symbol == "RUNC")
+                     .values(status="running", updated_at=NOW - dt.timedelta(hours=1)))
+        conn.execute(update(table).where(table.c.symbol == "DEADD")
+                     .values(status="running", updated_at=NOW - dt.timedelta(hours=10)))
     result = gap_scan(load_settings(), now=NOW)
     assert result["with_gaps"] == 3
     assert result["skipped_running"] == ["RUNC"]
@@ -103,7 +106,8 @@ def test_schedule_and_status_commands(sqlite_url, flatfiles, monkeypatch):
 
     result = CliRunner().invoke(cli, ["schedule", "--json"])
     jobs = {e["job"]: e for e in _json.loads(result.output)}
-    assert set(jobs) == {"nightly_gap_scan", "snapshot_refresh", "stream_monitor", "outbox_drain"}
+    assert set(jobs) == {"nightly_gap_scan", "snapshot_refresh", "stream_monitor", "outbox_drain",
+                         "daily_historical", "weekly_backfill", "hourly_refresh", "latest_prices"}
     assert jobs["nightly_gap_scan"]["next_run"].endswith("T00:00:00+00:00")
     bad = CliRunner().invoke(cli, ["schedule", "trigger", "nightly"])
     assert bad.exit_code == 1 and "unknown job 'nightly'" in bad.output
@@ -115,7 +119,7 @@ def test_schedule_and_status_commands(sqlite_url, flatfiles, monkeypatch):
     registry.add_symbol(engine, "TRG", "flatpack")
     registry.add_symbol(engine, "BAD", "flatpack")
     registry.fail(engine, ["BAD"], "boom")
-    monkeypatch.setattr("chronox.gaps.last_complete_day", lambda now=None: dt.date(2024, 1, 3))
+    monkeypatch.setattr("chronox.gaps.last_complete_day", lambda now=None, market="stocks": dt.date(2024, 1, 3))
     run = CliRunner().invoke(cli, ["schedule", "trigger", "nightly_gap_scan"])
     assert run.exit_code == 0, run.output
     assert "TRG: completed" in run.output
@@ -133,3 +137,47 @@ def test_schedule_and_status_commands(sqlite_url, flatfiles, monkeypatch):
     assert {s["symbol"]: s["last_backfill"] for s in status["symbols"]}["TRG"] == "2024-01-03"
     text = CliRunner().invoke(cli, ["status"]).output
     assert "error  BAD: boom" in text and "stale  TRG" in text
+
+
+def test_old_job_id_is_an_alias_listed_and_triggered(sqlite_url, flatfiles, monkeypatch):
+    """The registry service's `nightly_gap_detection` runs `nightly_gap_scan`, in-process here."""
+    import json as _json
+
+    from click.testing import CliRunner
+
+    from chronox.cli import cli
+    from tests.helpers import count, write_days
+
+    result = CliRunner().invoke(cli, ["schedule", "--json"])
+    aliases = {e["job"]: e["aliases"] for e in _json.loads(result.output)}
+    assert aliases["nightly_gap_scan"] == ["nightly_gap_detection"]
+    assert aliases["snapshot_refresh"] == aliases["stream_monitor"] == aliases["outbox_drain"] == []
+    [line] = [row for row in CliRunner().invoke(cli, ["schedule"]).output.splitlines() if "nightly_gap" in row]
+    assert line.startswith("nightly_gap_scan (alias nightly_gap_detection) ")
+    assert line.split()[3] == "chronox.schedule.nightly_gap_scan"
+    monkeypatch.setenv("CHRONOX_BACKFILL_START", "2024-01-02")
+    expected = write_days(flatfiles, [dt.date(2024, 1, 2), dt.date(2024, 1, 3)], ["OLDID"])
+    registry.add_symbol(get_engine(sqlite_url), "OLDID", "flatpack")
+    monkeypatch.setattr("chronox.gaps.last_complete_day", lambda *args, **kwargs: dt.date(2024, 1, 3))
+    run = CliRunner().invoke(cli, ["schedule", "trigger", "nightly_gap_detection"])
+    assert run.exit_code == 0, run.output
+    assert "1 symbol(s) with gaps; backfilling 1" in run.output and "OLDID: completed" in run.output
+    assert count(sqlite_url, "SELECT count(*) FROM ohlcv_1m WHERE symbol = 'OLDID'") == sum(expected.values())
+
+
+def test_old_job_id_dispatches_the_new_task_to_its_queue(celery_broker, tmp_path):
+    import json as _json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import redis
+
+    chronox = str(Path(sys.executable).with_name("chronox"))  # the installed command
+    result = subprocess.run([chronox, "schedule", "trigger", "nightly_gap_detection"],
+                            env=dict(os.environ), cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "dispatched chronox.schedule.nightly_gap_scan as task " in result.stdout
+    [message] = redis.Redis.from_url(celery_broker).lrange("chronox.control", 0, -1)
+    assert _json.loads(message)["headers"]["task"] == "chronox.schedule.nightly_gap_scan"
