@@ -1,62 +1,197 @@
-"""Gaps in coverage, and the `api` phase that fills them from REST minute aggregates.
+"""Gaps in coverage, and the `api` phase that fills them from REST aggregates.
 
-A gap is an NYSE trading day (holidays excluded, early closes included) in a symbol's
-window that has no coverage row of any source. Coverage, not a minute grid: Polygon
-writes no bar for a minute without trades. The window runs from the day after
-`last_backfill` (or --start; CHRONOX_BACKFILL_START or 30 days back for a symbol never
-backfilled) to --end or today, and stops at the newest complete trading day: a session
-is not a gap until its extended hours (04:00-20:00 New York, 17:00 after an early
-close) are over.
+A gap is a trading day of the symbol's market (NYSE: holidays excluded, early closes
+included; crypto: every UTC day) in its window that has no coverage row of any source.
+Coverage, not a minute grid: Polygon writes no bar for a minute without trades. The window
+runs from the day after `last_backfill` (or --start; CHRONOX_BACKFILL_START or 30 days back
+for a symbol never backfilled) to --end or today, and stops at the newest complete trading
+day: a session is not a gap until its extended hours (04:00-20:00 New York, 17:00 after an
+early close) are over.
+
+Source precedence (chronox.bars.SOURCE_RANK) decides what is final. The api phase may fill
+a day once its regular session is over (daily_historical at 16:30), but it covers the day
+only once the after-hours are over too, so until then the day stays a gap. For a symbol
+with a flatpack phase, a day the api phase filled is a gap again once its day file is
+published: the run that fills it loads the file over the REST bars.
 """
 from __future__ import annotations
 
+import bisect
 import datetime as dt
+import functools
+import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, select, text
 
-from chronox import registry
-from chronox.backfill import plan_run
+from chronox import metrics, registry
+from chronox.backfill import day_file_dataset, day_file_published, plan_run
 from chronox.bars import UTC
-from chronox.calendar import NEW_YORK, new_york_day, session, trading_days
+from chronox.calendar import NEW_YORK, NYSE, STOCKS, MarketCalendar, calendar_for
 from chronox.db import get_engine
 from chronox.delivery import Delivery
+from chronox.markets import Instrument, as_instrument, lookup_symbol
 from chronox.providers import get_provider
-from chronox.rest import checked, skipped
+from chronox.rest import checked, not_in_plan, skipped
+from chronox.rollups import refresh_days
 from chronox.settings import Settings
-from chronox.store import cover_days, covered_days, lock_day, quarantine_rows, upsert_bars
-from chronox.strategy import parse_day
+from chronox.sources.base import NotInPlan
+from chronox.store import COVERAGE, cover_days, lock_day, quarantine_rows, upsert_bars_at
+from chronox.strategy import parse_day, validate_timeframe
+
+log = logging.getLogger(__name__)
 
 WINDOW_DAYS = 7
+WORD = 64  # days per coverage word: what one PostgreSQL bigint holds
+FEW_SYMBOLS = 1000  # up to this many, the coverage query names the symbols
+# How far before a window a flatpack symbol's REST-filled days are looked for: Polygon
+# publishes a day file the next morning, so days filled without one are the newest.
+SUPERSEDE_LOOKBACK_DAYS = 7
 
 
-def last_complete_day(now: dt.datetime | None = None) -> dt.date | None:
-    """The newest trading day whose extended session has ended."""
-    now = now or dt.datetime.now(UTC)
-    today = now.astimezone(NEW_YORK).date()
-    for day in reversed(trading_days(today - dt.timedelta(days=14), today)):
-        if session(day).extended_close <= now:
-            return day
-    return None
+def last_complete_day(now: dt.datetime | None = None, market: str = STOCKS) -> dt.date | None:
+    """The market's newest trading day whose (extended) session has ended."""
+    return calendar_for(market).last_complete_day(now or dt.datetime.now(UTC))
 
 
-def missing_days(conn: Connection, symbol: str, first: dt.date, last: dt.date) -> list[dt.date]:
-    covered = covered_days(conn, symbol, first, last)
-    return [d for d in trading_days(first, last) if d not in covered]
+@functools.lru_cache(maxsize=64)
+def _year_days(market: str, year: int) -> tuple[dt.date, ...]:
+    # exchange-calendars answers in milliseconds per call: a scan over thousands of symbols
+    # asks per year once instead of per symbol.
+    return tuple(calendar_for(market).trading_days(dt.date(year, 1, 1), dt.date(year, 12, 31)))
 
 
-def windows(days: Sequence[dt.date], span: int = WINDOW_DAYS) -> list[tuple[dt.date, dt.date]]:
+def trading_days(calendar: MarketCalendar, first: dt.date, last: dt.date) -> list[dt.date]:
+    """calendar.trading_days(first, last), from a per-year cache."""
+    out: list[dt.date] = []
+    for year in range(first.year, last.year + 1):
+        days = _year_days(calendar.market, year)
+        out.extend(days[bisect.bisect_left(days, first):bisect.bisect_right(days, last)])
+    return out
+
+
+def _trading_days_between(calendar: MarketCalendar, first: dt.date, last: dt.date) -> int:
+    """How many trading days lie strictly between two days."""
+    count = 0
+    for year in range(first.year, last.year + 1):
+        days = _year_days(calendar.market, year)
+        count += bisect.bisect_left(days, last) - bisect.bisect_right(days, first)
+    return count
+
+
+REST_SOURCE = "api"  # coverage written by the api phase: final only where no flat file is wanted
+
+
+def covered_words(conn: Connection, symbols: Sequence[str], first: dt.date,
+                  last: dt.date) -> tuple[dict[str, int], dict[str, int]]:
+    """Coverage of `symbols` from `first` to `last` as integers per symbol: bit i is set
+    when day first + i has a coverage row of any source (the first map), of the api phase
+    and no other (the second). Symbols without any are absent.
+
+    PostgreSQL folds the rows into 64-day words (bit_or per symbol and word), so one pass
+    over the coverage rows sends back a few numbers per symbol instead of every row.
+    """
+    if not symbols:
+        return {}, {}
+    words: dict[str, int] = {}
+    rest: dict[str, int] = {}
+    if conn.dialect.name == "postgresql":
+        # A few symbols: the primary key's index finds their rows. Many (a market's worth):
+        # every row is read anyway, and testing each against the list costs more than
+        # dropping the other symbols' words here.
+        few = len(symbols) <= FEW_SYMBOLS
+        rows = conn.execute(text(
+            "SELECT symbol, (trading_day - :first) / 64 AS word, "
+            "       bit_or(CAST(1 AS bigint) << ((trading_day - :first) % 64)), "
+            "       bit_or(CASE WHEN source <> :rest THEN CAST(1 AS bigint) << ((trading_day - :first) % 64) "
+            "              ELSE 0 END) "
+            "FROM coverage WHERE trading_day BETWEEN :first AND :last "
+            + ("AND symbol = ANY(CAST(:symbols AS varchar[])) " if few else "")
+            + "GROUP BY symbol, word"),
+            {"first": first, "last": last, "symbols": list(symbols), "rest": REST_SOURCE})
+        wanted = set(symbols)
+        for symbol, word, bits, other_bits in rows:
+            if few or symbol in wanted:
+                words[symbol] = words.get(symbol, 0) | (bits & _MASK64) << (WORD * word)
+                if rest_only := bits & ~other_bits & _MASK64:
+                    rest[symbol] = rest.get(symbol, 0) | rest_only << (WORD * word)
+        return words, rest
+    other: dict[str, int] = {}
+    for symbol, day, source in conn.execute(
+            select(COVERAGE.c.symbol, COVERAGE.c.trading_day, COVERAGE.c.source)
+            .where(COVERAGE.c.symbol.in_(list(symbols)), COVERAGE.c.trading_day >= first,
+                   COVERAGE.c.trading_day <= last)):
+        bit = 1 << (day - first).days
+        words[symbol] = words.get(symbol, 0) | bit
+        if source != REST_SOURCE:
+            other[symbol] = other.get(symbol, 0) | bit
+    for symbol, bits in words.items():
+        if rest_only := bits & ~other.get(symbol, 0):
+            rest[symbol] = rest_only
+    return words, rest
+
+
+_MASK64 = (1 << WORD) - 1
+
+
+def _days(bits: int, first: dt.date) -> list[dt.date]:
+    out = []
+    while bits:
+        low = bits & -bits
+        out.append(first + dt.timedelta(days=low.bit_length() - 1))
+        bits ^= low
+    return out
+
+
+def scan_days(conn: Connection, windows: Sequence[tuple[str, dt.date, dt.date]],
+              calendar: MarketCalendar = NYSE) -> tuple[dict[str, list[dt.date]], dict[str, list[dt.date]]]:
+    """For each (symbol, first, last) on one market's calendar, with one query for all of
+    them: the missing trading days (no coverage row), and the days the api phase filled."""
+    windows = [w for w in windows if w[1] <= w[2]]
+    if not windows:
+        return {}, {}
+    first, last = min(w[1] for w in windows), max(w[2] for w in windows)
+    days = trading_days(calendar, first, last)
+    offsets = [(d - first).days for d in days]
+    covered, rest = covered_words(conn, sorted({w[0] for w in windows}), first, last)
+    expected: dict[tuple[dt.date, dt.date], int] = {}  # the trading days of a window, as bits
+    missing: dict[str, list[dt.date]] = {}
+    rest_filled: dict[str, list[dt.date]] = {}
+    for symbol, since, until in windows:
+        want = expected.get((since, until))
+        if want is None:
+            lo, hi = bisect.bisect_left(days, since), bisect.bisect_right(days, until)
+            want = expected[since, until] = sum(1 << o for o in offsets[lo:hi])
+        missing[symbol] = _days(want & ~covered.get(symbol, 0), first)
+        if rest.get(symbol):
+            rest_filled[symbol] = _days(want & rest[symbol], first)
+    return missing, rest_filled
+
+
+def scan(conn: Connection, windows: Sequence[tuple[str, dt.date, dt.date]],
+         calendar: MarketCalendar = NYSE) -> dict[str, list[dt.date]]:
+    """The missing trading days of each (symbol, first, last) on one market's calendar,
+    with one query for all of them: a gap is a trading day without a coverage row."""
+    return scan_days(conn, windows, calendar)[0]
+
+
+def missing_days(conn: Connection, symbol: str, first: dt.date, last: dt.date,
+                 calendar: MarketCalendar = NYSE) -> list[dt.date]:
+    return scan(conn, [(symbol, first, last)], calendar).get(symbol, [])
+
+
+def windows(days: Sequence[dt.date], span: int = WINDOW_DAYS,
+            calendar: MarketCalendar = NYSE) -> list[tuple[dt.date, dt.date]]:
     """Runs of consecutive trading days, cut so that none spans more than `span` calendar days."""
     if not days:
         return []
-    index = {d: i for i, d in enumerate(trading_days(days[0], days[-1]))}
     out: list[tuple[dt.date, dt.date]] = []
     first = prev = days[0]
     for day in days[1:]:
-        if index[day] == index[prev] + 1 and (day - first).days < span:
+        if not _trading_days_between(calendar, prev, day) and (day - first).days < span:
             prev = day
             continue
         out.append((first, prev))
@@ -71,78 +206,187 @@ class SymbolGaps:
     since: dt.date
     until: dt.date
     gaps: list[dt.date] = field(default_factory=list)
+    market: str = STOCKS
+    # Among the gaps: days the api phase filled whose flat file is out now (it replaces them).
+    superseded: list[dt.date] = field(default_factory=list)
 
     @property
     def windows(self) -> list[tuple[dt.date, dt.date]]:
-        return windows(self.gaps)
+        return windows(self.gaps, calendar=calendar_for(self.market))
 
     def as_dict(self) -> dict[str, Any]:
-        return {"symbol": self.symbol, "since": self.since.isoformat(), "until": self.until.isoformat(),
-                "gaps": [d.isoformat() for d in self.gaps],
-                "windows": [[a.isoformat(), b.isoformat()] for a, b in self.windows]}
+        out = {"symbol": self.symbol, "since": self.since.isoformat(), "until": self.until.isoformat(),
+               "gaps": [d.isoformat() for d in self.gaps],
+               "windows": [[a.isoformat(), b.isoformat()] for a, b in self.windows]}
+        if self.superseded:
+            out["superseded"] = [d.isoformat() for d in self.superseded]
+        return out
+
+
+def _bounded(symbol: str, start: str | dt.date, end: str | dt.date, newest: dt.date | None,
+             market: str) -> SymbolGaps:
+    """A symbol's window, stopped at the market's newest complete trading day."""
+    since = parse_day(start)
+    until = parse_day(end)
+    until = min(until, newest) if newest else since - dt.timedelta(days=1)
+    return SymbolGaps(symbol, since, until, market=market)
+
+
+DayFilePublished = Callable[[dt.date], bool]
+
+
+def _scan(settings: Settings, found: Sequence[SymbolGaps],
+          flat_files: Mapping[str, DayFilePublished] | None = None) -> None:
+    """Fill in the gaps of every window: one coverage query per market calendar.
+
+    For a symbol in `flat_files` (its flatpack phase wants day files), a day the api phase
+    filled is a gap too once its day file is published: source precedence says the file
+    replaces REST bars, and the run the gap sends loads it. Those days are looked for
+    SUPERSEDE_LOOKBACK_DAYS before the window as well, because the day REST filled (the
+    file was not out yet) is what moved the symbol's last_backfill, where windows start.
+    """
+    flat_files = flat_files or {}
+    by_market: dict[str, list[SymbolGaps]] = {}
+    for g in found:
+        if g.since <= g.until:
+            by_market.setdefault(g.market, []).append(g)
+    if not by_market:
+        return
+    lookback = dt.timedelta(days=SUPERSEDE_LOOKBACK_DAYS)
+    with get_engine(settings.database_url).connect() as conn:
+        for market, group in by_market.items():
+            missing, rest_filled = scan_days(
+                conn, [(g.symbol, g.since - lookback if g.symbol in flat_files else g.since, g.until) for g in group],
+                calendar_for(market))
+            for g in group:
+                published = flat_files.get(g.symbol)
+                g.superseded = [d for d in rest_filled.get(g.symbol, []) if published and published(d)]
+                g.gaps = sorted({d for d in missing.get(g.symbol, []) if d >= g.since} | set(g.superseded))
+                if g.superseded:
+                    g.since = min(g.since, g.superseded[0])
 
 
 def symbol_gaps(settings: Settings, symbol: str, start: str | dt.date, end: str | dt.date,
-                now: dt.datetime | None = None) -> SymbolGaps:
-    since = parse_day(start)
-    until = parse_day(end)
-    newest = last_complete_day(now)
-    until = min(until, newest) if newest else since - dt.timedelta(days=1)
-    if since > until:
-        return SymbolGaps(symbol, since, until)
-    with get_engine(settings.database_url).connect() as conn:
-        return SymbolGaps(symbol, since, until, missing_days(conn, symbol, since, until))
+                now: dt.datetime | None = None, market: str = STOCKS, closed: bool = False) -> SymbolGaps:
+    """The gaps of one symbol's window, up to the newest complete trading day, or with
+    `closed` up to the newest whose regular session is over (REST has its bars, but not
+    yet its after-hours: see fill_window)."""
+    moment, calendar = now or dt.datetime.now(UTC), calendar_for(market)
+    newest = calendar.last_closed_day(moment) if closed else calendar.last_complete_day(moment)
+    found = _bounded(symbol, start, end, newest, market)
+    _scan(settings, [found])
+    return found
 
 
 def find_gaps(settings: Settings, symbols: Sequence[str] | None = None, start: str | None = None,
-              end: str | None = None, now: dt.datetime | None = None) -> list[SymbolGaps]:
-    """Gaps of the named symbols, or of every enabled symbol that backfills (flatpack or api)."""
-    if not symbols:
-        rows = registry.list_symbols(get_engine(settings.database_url), enabled_only=True)
+              end: str | None = None, now: dt.datetime | None = None,
+              market: str | None = None) -> list[SymbolGaps]:
+    """Gaps of the named symbols, or of every enabled symbol that backfills (flatpack or api),
+    each on its market's calendar; `market` keeps one market's symbols. A flatpack symbol's
+    days the api phase filled are gaps once their day file is published (see _scan)."""
+    engine = get_engine(settings.database_url)
+    if symbols:
+        rows = registry.list_symbols(engine, symbols=sorted({lookup_symbol(s) for s in symbols}), market=market)
+    else:
+        rows = registry.list_symbols(engine, enabled_only=True, market=market)
         symbols = [r.symbol for r in rows if {"flatpack", "api"} & set(r.phases)]
         if not symbols:
             return []
     today = (now or dt.datetime.now(UTC)).astimezone(NEW_YORK).date()
     # The api strategy has no flatpack phase, so planning looks up no flat files.
-    plan = plan_run(settings, symbols=symbols, start=start, end=end, strategy="api", today=today)
-    return [symbol_gaps(settings, p.symbol, p.start, p.end, now) for p in plan.symbols]
+    plan = plan_run(settings, symbols=symbols, start=start, end=end, strategy="api", today=today, market=market)
+    newest = {m: last_complete_day(now, m) for m in {p.market for p in plan.symbols}}
+    found = [_bounded(p.symbol, p.start, p.end, newest[p.market], p.market) for p in plan.symbols]
+    _scan(settings, found, _flat_files(settings, rows))
+    return found
 
 
-def plan_fill(settings: Settings, symbol: str, start: str, end: str) -> dict[str, Any]:
-    """The api phase's first step: the gaps of one symbol, as windows to fill one task each."""
-    if get_provider(settings) is None:
-        return skipped(settings, [symbol], "api gap fill")
-    return symbol_gaps(settings, symbol, start, end).as_dict()
+def _flat_files(settings: Settings, rows: Sequence[registry.RegistryRow]) -> dict[str, DayFilePublished]:
+    """Symbol -> whether its day file of a day is published, for symbols with a flatpack
+    phase; one look-up per dataset and day, however many symbols share the file."""
+    per_dataset: dict[str, DayFilePublished] = {}
+    out: dict[str, DayFilePublished] = {}
+    for row in rows:
+        if "flatpack" in row.phases:
+            dataset = day_file_dataset(row.instrument)
+            if dataset not in per_dataset:
+                per_dataset[dataset] = functools.lru_cache(maxsize=None)(_checked(day_file_published(settings,
+                                                                                                     dataset)))
+            out[row.symbol] = per_dataset[dataset]
+    return out
 
 
-def fill_window(settings: Settings, symbol: str, start: str, end: str) -> dict[str, Any]:
-    """Fill the still-uncovered trading days of one window from REST minute aggregates.
+def _checked(published: DayFilePublished) -> DayFilePublished:
+    def check(day: dt.date) -> bool:
+        try:
+            return published(day)
+        except Exception as exc:  # an unreachable file store (S3 down) must not stop the gap scan
+            log.warning("could not look up the day file of %s (%s); its REST-filled days stay until the "
+                        "next scan", day, exc)
+            return False
+    return check
+
+
+def plan_fill(settings: Settings, instrument: Instrument | str, start: str, end: str) -> dict[str, Any]:
+    """The api phase's first step: the gaps of one symbol, as windows to fill one task each;
+    a day whose regular session is over counts (REST has its bars)."""
+    instrument = as_instrument(instrument)
+    if get_provider(settings, instrument) is None:
+        return skipped(settings, [instrument.symbol], "api")
+    return symbol_gaps(settings, instrument.symbol, start, end, market=instrument.market, closed=True).as_dict()
+
+
+def fill_window(settings: Settings, instrument: Instrument | str, start: str, end: str,
+                timeframe: str = "1m", now: dt.datetime | None = None) -> dict[str, Any]:
+    """Fill the still-uncovered trading days of one window from REST aggregates at the
+    symbol's timeframe: minutes into ohlcv_1m, 5m/15m/1h into their rollup table (the
+    tables above it rolled up from them), days into ohlcv_1d.
 
     Days covered meanwhile (a flat-file load, an earlier run) are left alone, so REST bars
-    never mix into a flat-file day and a rerun requests nothing.
+    never mix into a flat-file day and a rerun requests nothing. A day whose extended
+    session has not ended (daily_historical fills the day at 16:30 New York) is stored but
+    not covered: it stays a gap, and the scan after its after-hours fills it for good
+    (from the day file where the symbol has a flatpack phase, else from REST again).
     """
-    provider = get_provider(settings)
+    instrument = as_instrument(instrument)
+    symbol, calendar = instrument.symbol, calendar_for(instrument.market)
+    provider = get_provider(settings, instrument)
     if provider is None:
-        return skipped(settings, [symbol], "api gap fill")
+        return skipped(settings, [symbol], "api")
     first, last = parse_day(start), parse_day(end)
     engine = get_engine(settings.database_url)
     with engine.connect() as conn:
-        days = missing_days(conn, symbol, first, last)
+        days = missing_days(conn, symbol, first, last, calendar)
     result = {"symbol": symbol, "window": [first.isoformat(), last.isoformat()], "provider": provider.name}
     if not days:
         return {**result, "days": 0, "rows": 0, "quarantined": 0}
-    fetched = provider.minute_bars(symbol, days[0], days[-1])
-    good, bad = checked(fetched, f"{provider.name}:minute:{symbol}:{days[0]}..{days[-1]}")
-    with Delivery(settings).transaction() as out:
+    timeframe = validate_timeframe(timeframe)
+    try:
+        if timeframe == "1d":
+            fetched = provider.daily_bars(symbol, days[0], days[-1])
+        else:
+            fetched = provider.intraday_bars(symbol, timeframe, days[0], days[-1])
+    except NotInPlan as refusal:
+        return not_in_plan(settings, symbol, "api", refusal)
+    # Minute bars keep the quarantine origin they always had (`polygon:minute:...`).
+    kind = "minute" if timeframe == "1m" else timeframe
+    good, bad = checked(fetched, f"{provider.name}:{kind}:{symbol}:{days[0]}..{days[-1]}")
+    with Delivery(settings, origin=instrument.origin).transaction() as out:
         for day in days:
             lock_day(out.conn, day)  # the lock a flat-file load of the day takes
-        still = set(missing_days(out.conn, symbol, days[0], days[-1])) & set(days)
-        # One bar per minute, the last winning as in the upsert, so the counts match the rows.
-        bars = list({b.ts: b for b in good if new_york_day(b.ts) in still}.values())
-        counts = Counter(new_york_day(b.ts) for b in bars)
-        upsert_bars(out.conn, bars)
+        still = set(missing_days(out.conn, symbol, days[0], days[-1], calendar)) & set(days)
+        # One bar per period, the last winning as in the upsert, so the counts match the rows.
+        bars = list({b.ts: b for b in good if calendar.day_of(b.ts) in still}.values())
+        counts = Counter(calendar.day_of(b.ts) for b in bars)
+        upsert_bars_at(out.conn, timeframe, bars, calendar.day_of)
+        if timeframe != "1d":
+            refresh_days(out.conn, [symbol], [calendar.day_bounds(d) for d in still], written=timeframe)
         # A day REST has no bar for is covered too: the symbol did not trade.
-        cover_days(out.conn, symbol, {d: counts[d] for d in still}, "api")
+        moment = now or dt.datetime.now(UTC)
+        over = {d for d in still if calendar.extended_session(d)[1] <= moment}
+        cover_days(out.conn, symbol, {d: counts[d] for d in over}, REST_SOURCE)
         quarantine_rows(out.conn, bad)
-        out.bars(bars, "1m")
-    return {**result, "days": len(still), "rows": len(bars), "quarantined": len(bad)}
+        out.bars(bars, timeframe)
+    metrics.bars_ingested("api", len(bars), provider.name)
+    return {**result, "days": len(still), "rows": len(bars), "quarantined": len(bad),
+            **({"open_days": [d.isoformat() for d in sorted(still - over)]} if still - over else {})}

@@ -18,8 +18,7 @@ from chronox.db import get_engine
 from chronox.gaps import fill_window, find_gaps, last_complete_day, windows
 from chronox.runner import inline_steps, run_inline
 from chronox.settings import load_settings
-from tests.helpers import rows_by_symbol_day, write_days
-from tests.rest_support import polygon, rest_db, serve_days  # noqa: F401
+from tests.helpers import count, polygon_minute_bars, rows_by_symbol_day, serve_days, write_days
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -172,3 +171,59 @@ def test_rest_bars_never_land_in_a_day_a_flat_file_loaded_meanwhile(rest_db, fla
     assert sources_by_day(rest_db, "RACE") == {days[0].isoformat(): {"flatpack"}, days[1].isoformat(): {"api"}}
     assert rows_by_symbol_day(rest_db) == {("RACE", days[0].isoformat()): flat[("RACE", days[0])],
                                            ("RACE", days[1].isoformat()): served[days[1]]}
+
+
+def test_a_day_filled_at_1630_stays_a_gap_until_the_flat_file_replaces_it(rest_db, flatfiles, polygon, kafka):
+    """daily_historical's REST fill of the day just closed is not the day's final data: the
+    after-hours are still trading, so the day stays a gap, and the scan after it loads the
+    day file over the REST bars."""
+    from chronox.scheduling import gap_scan
+
+    day = D(2024, 12, 3)
+    engine = get_engine(rest_db)
+    registry.add_symbol(engine, "LATE", "flatpack+api")
+    registry.set_status(engine, ["LATE"], "completed", last_backfill=day - dt.timedelta(days=1))
+    cut_ms = ny(2024, 12, 3, 16, 30).timestamp() * 1000
+    until_1630 = [b for b in polygon_minute_bars(day, "LATE", SHIFT) if b["t"] < cut_ms]
+    polygon.add_minute_bars("LATE", until_1630)
+    filled = fill_window(load_settings(), "LATE", day.isoformat(), day.isoformat(), now=ny(2024, 12, 3, 16, 30))
+    assert (filled["rows"], filled["open_days"]) == (len(until_1630), [day.isoformat()])
+    assert sources_by_day(rest_db, "LATE") == {day.isoformat(): {"api"}}
+    assert count(rest_db, "SELECT count(*) FROM coverage WHERE symbol = 'LATE'") == 0
+    [found] = find_gaps(load_settings(), ["LATE"], day.isoformat(), day.isoformat(), now=ny(2024, 12, 4, 12, 0))
+    assert found.gaps == [day]
+
+    flat = write_days(flatfiles, [day], ["LATE"])
+    [dispatch] = gap_scan(load_settings(), now=ny(2024, 12, 4, 19, 5))["dispatch"]
+    assert (dispatch["symbol"], dispatch["start"], dispatch["end"]) == ("LATE", day.isoformat(), day.isoformat())
+    run_inline(inline_steps(plan_run(load_settings(), symbols=["LATE"], start=day.isoformat(),
+                                     end=day.isoformat())))
+    rows = table(rest_db, "LATE")
+    assert len(rows) == flat[("LATE", day)] > len(until_1630) and {r[7] for r in rows} == {"flatpack"}
+    assert max(r[1] for r in rows) < SHIFT  # no REST bar is left in the day
+
+
+def test_a_rest_filled_day_is_a_gap_again_once_its_day_file_is_published(rest_db, flatfiles, polygon):
+    day, settings = D(2024, 12, 2), load_settings()
+    serve_days(polygon, "SUPER", [day], SHIFT)
+    engine = get_engine(rest_db)
+    registry.add_symbol(engine, "SUPER", "flatpack+api")
+    registry.add_symbol(engine, "APIONLY", "api")
+    served = serve_days(polygon, "APIONLY", [day], SHIFT)
+    for symbol in ("SUPER", "APIONLY"):
+        assert fill_window(settings, symbol, day.isoformat(), day.isoformat())["days"] == 1
+    # what finalize stamps after the fill: the next windows start the day after
+    registry.set_status(engine, ["SUPER", "APIONLY"], "completed", last_backfill=day)
+    later = ny(2024, 12, 5, 12, 0)
+    assert {g.symbol: g.gaps for g in find_gaps(settings, end="2024-12-04", now=later)} == \
+        {"SUPER": [D(2024, 12, 3), D(2024, 12, 4)], "APIONLY": [D(2024, 12, 3), D(2024, 12, 4)]}
+
+    write_days(flatfiles, [day], ["SUPER", "APIONLY"])
+    found = {g.symbol: g for g in find_gaps(settings, end="2024-12-04", now=later)}
+    assert (found["SUPER"].gaps, found["SUPER"].superseded) == ([day, D(2024, 12, 3), D(2024, 12, 4)], [day])
+    assert found["SUPER"].as_dict()["superseded"] == [day.isoformat()]
+    assert (found["APIONLY"].gaps, found["APIONLY"].superseded) == ([D(2024, 12, 3), D(2024, 12, 4)], [])
+    load_day(settings, day.isoformat(), ["SUPER"])  # what the run for the gap does
+    assert sources_by_day(rest_db, "SUPER") == {day.isoformat(): {"flatpack"}}
+    assert day not in next(g for g in find_gaps(settings, ["SUPER"], end="2024-12-04", now=later)).gaps
+    assert count(rest_db, "SELECT count(*) FROM ohlcv_1m WHERE symbol = 'APIONLY'") == served  # REST's, kept
