@@ -19,15 +19,15 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
 from kafka.errors import KafkaError
 from sqlalchemy import Connection, Engine
 
-from chronox import store
+from chronox import metrics, store
 from chronox.bars import Bar, isoformat_utc
-from chronox.calendar import day_bounds_utc
+from chronox.calendar import calendar_for
 from chronox.db import get_engine
 from chronox.publish import KafkaPublisher, PublishError, drop_publisher, get_mirror, get_publisher
 from chronox.settings import PublishMode, Settings
@@ -47,11 +47,18 @@ class Tappable(Protocol):
     def tapped(self: T, tap: Callable[[str, str, float, float, float, float, float], None]) -> T: ...
 
 
-def send_bars(publisher: KafkaPublisher, bars: Sequence[Bar], tf: str, kind: str = "backfill") -> None:
+Origin = tuple[str, str]  # market, provider: what every envelope names besides its source
+STOCKS_FROM_POLYGON: Origin = ("stocks", "polygon")
+
+
+def send_bars(publisher: KafkaPublisher, bars: Sequence[Bar], tf: str, kind: str = "backfill",
+              origin: Origin = STOCKS_FROM_POLYGON) -> None:
+    market, provider = origin
     iso: dict[dt.datetime, str] = {}  # a stream frame holds many symbols of the same minute
+    send = publisher.send_bar  # positional and bound once: this loop runs once per bar
     for b in bars:
         ts = iso.get(b.ts) or iso.setdefault(b.ts, isoformat_utc(b.ts) or "")
-        publisher.send_bar(b.symbol, tf, ts, b.open, b.high, b.low, b.close, b.volume, b.source, kind=kind)
+        send(b.symbol, tf, ts, b.open, b.high, b.low, b.close, b.volume, b.source, kind, market, provider)
 
 
 class Outgoing:
@@ -78,34 +85,55 @@ class Outgoing:
         self._events.extend(events)
         self._mirror = mirror
 
-    def tap(self, rows: T, tf: str, source: str) -> T:
-        """A day file's rows: in kafka-first each row is sent as it streams into storage."""
+    def tap(self, rows: T, tf: str, source: str, skip: frozenset[str] = frozenset()) -> T:
+        """A day file's rows: in kafka-first each row is sent as it streams into storage,
+        except those of `skip` (symbols whose envelopes carry another timeframe)."""
         publisher = self._delivery.publisher() if self._delivery.kafka_first else None
         if publisher is None:
             return rows
+        market, provider = self._delivery.origin
 
         def send(symbol: str, ts: str, o: float, h: float, low: float, c: float, v: float) -> None:
-            publisher.send_bar(symbol, tf, ts, o, h, low, c, v, source)
-            self.tapped_rows += 1
+            if symbol not in skip:
+                publisher.send_bar(symbol, tf, ts, o, h, low, c, v, source, market=market, provider=provider)
+                self.tapped_rows += 1
 
         return rows.tapped(send)
 
-    def symbol_days(self, entries: Sequence[store.OutboxEntry]) -> None:
-        """Symbol-days whose bars the transaction stored; db-first records them in the outbox."""
-        if self._delivery.kafka_first or not self._delivery.settings.kafka_enabled or not entries:
+    def symbol_days(self, entries: Sequence[store.OutboxEntry], timeframes: Mapping[str, str] | None = None) -> None:
+        """Symbol-days of a day file the transaction stored, to publish at each symbol's
+        timeframe (`timeframes` names those not at 1m; 1d symbols publish no day-file bars).
+
+        kafka-first: 1m rows went out through the tap; coarser bars are read back here,
+        rolled up, and sent before the commit. db-first: the outbox records them all.
+        """
+        timeframes = timeframes or {}
+        entries = [e for e in entries if timeframes.get(e[0]) != "1d"]
+        if not entries or not self._delivery.settings.kafka_enabled:
             return
-        store.record_outbox(self.conn, entries)
-        self._outbox.extend(entries)
+        if not self._delivery.kafka_first:
+            store.record_outbox(self.conn, entries, timeframes, *self._delivery.origin)
+            self._outbox.extend(entries)
+            return
+        coarse: dict[tuple[str, dt.date, str], list[str]] = {}
+        for symbol, day, source in entries:
+            if symbol in timeframes:
+                coarse.setdefault((timeframes[symbol], day, source), []).append(symbol)
+        for (tf, day, source), symbols in coarse.items():
+            bounds = calendar_for(self._delivery.origin[0]).day_bounds(day)
+            self.bars(list(store.iter_bars(self.conn, symbols, *bounds, tf, source)), tf)
 
     def _send(self) -> None:
         publisher = self._delivery.publisher() if self._bars or self._events or self.tapped_rows else None
         if publisher is not None:
-            for bars, tf in self._bars:
-                send_bars(publisher, bars, tf, self._kind)
-            for event in self._events:
-                publisher.send(self._kind, event["symbol"], event)
-            publisher.flush()
-            self.published = self.tapped_rows + sum(len(b) for b, _ in self._bars)
+            published = self.tapped_rows + sum(len(b) for b, _ in self._bars)
+            with metrics.kafka_batch(self._kind, published + len(self._events)):
+                for bars, tf in self._bars:
+                    send_bars(publisher, bars, tf, self._kind, self._delivery.origin)
+                for event in self._events:
+                    publisher.send(self._kind, event["symbol"], event)
+                publisher.flush()
+            self.published = published
         if self._mirror is not None:
             self._mirror()
 
@@ -113,7 +141,9 @@ class Outgoing:
 class Delivery:
     """The order of storing and publishing for one set of settings."""
 
-    def __init__(self, settings: Settings, engine: Engine | None = None):
+    def __init__(self, settings: Settings, engine: Engine | None = None, origin: Origin = STOCKS_FROM_POLYGON):
+        """`origin`: the market and provider of what this writer stores (named in every envelope)."""
+        self.origin = origin
         self.settings = settings
         self.engine = engine or get_engine(settings.database_url)
         self.kafka_first = settings.publish_mode == PublishMode.KAFKA_FIRST
@@ -158,14 +188,14 @@ class Delivery:
         """(first, second) for a pipeline that publishes and stores the same batches."""
         return (publish, store_) if self.kafka_first else (store_, publish)
 
-    def publish_bars(self, bars: Sequence[Bar], tf: str, kind: str) -> int:
+    def publish_bars(self, bars: Sequence[Bar], tf: str, kind: str, origin: Origin | None = None) -> int:
         """Send bars and wait for Kafka's acknowledgement; 0 when publishing is off."""
         if not bars or not self.settings.kafka_enabled:
             return 0
-        with self.kafka():
+        with self.kafka(), metrics.kafka_batch(kind, len(bars)):
             publisher = self.publisher()
             assert publisher is not None  # Kafka is enabled
-            send_bars(publisher, bars, tf, kind)
+            send_bars(publisher, bars, tf, kind, origin or self.origin)
             publisher.flush()
         return len(bars)
 
@@ -181,7 +211,7 @@ class Delivery:
         if not self.settings.kafka_enabled:
             return False
         try:
-            with self.kafka():
+            with self.kafka(), metrics.kafka_batch(kind, 1):
                 publisher = self.publisher()
                 assert publisher is not None  # Kafka is enabled
                 publisher.send(kind, symbol, event)
@@ -219,19 +249,23 @@ class Delivery:
         with self.engine.connect() as conn:
             pending = store.pending_outbox(conn, entries, limit)
         sent = 0
-        for symbol, day, source in pending:
-            start, end = day_bounds_utc(day)
+        for entry, tf, market, provider in pending:
+            symbol, day, source = entry
+            start, end = calendar_for(market).day_bounds(day)
+            flushed = sent
             try:
                 with self.engine.connect() as conn:
-                    for bar in store.iter_bars(conn, symbol, start, end):
-                        publisher.send_bar(bar.symbol, store.TIMEFRAME, isoformat_utc(bar.ts) or "", bar.open,
-                                           bar.high, bar.low, bar.close, bar.volume, bar.source)
+                    for bar in store.iter_bars(conn, [symbol], start, end, tf, source):
+                        publisher.send_bar(bar.symbol, tf, isoformat_utc(bar.ts), bar.open, bar.high, bar.low,
+                                           bar.close, bar.volume, bar.source, market=market, provider=provider)
                         sent += 1
                 publisher.flush()
+                metrics.kafka_messages("backfill", "sent", sent - flushed)
             except Exception as exc:
+                metrics.kafka_messages("backfill", "failed", sent - flushed)
                 with self.engine.begin() as conn:
-                    store.outbox_failed(conn, (symbol, day, source), str(exc))
+                    store.outbox_failed(conn, entry, str(exc))
                 raise
             with self.engine.begin() as conn:
-                store.outbox_done(conn, (symbol, day, source))
+                store.outbox_done(conn, entry)
         return sent

@@ -9,19 +9,34 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import json
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 from sqlalchemy import Connection, Table, and_, case, delete, func, insert, select, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 
+from chronox import metrics, partitions
 from chronox.bars import SOURCE_RANK, Bar, QuarantinedRow, isoformat_utc
-from chronox.models import Coverage, Ohlcv1m, PublishOutbox, Quarantine, table
+from chronox.calendar import new_york_day
+from chronox.models import (
+    Coverage,
+    Ohlcv1d,
+    Ohlcv1h,
+    Ohlcv1m,
+    Ohlcv5m,
+    Ohlcv15m,
+    PublishOutbox,
+    Quarantine,
+    RunStep,
+    table,
+)
 
 OHLCV = table(Ohlcv1m)
 COVERAGE = table(Coverage)
 QUARANTINE = table(Quarantine)
 OUTBOX = table(PublishOutbox)
+RUN_STEPS = table(RunStep)
 COPY_COLUMNS = ("symbol", "ts", "open", "high", "low", "close", "volume", "vwap", "transactions", "source")
 TIMEFRAME = "1m"
 OutboxEntry = tuple[str, dt.date, str]  # symbol, trading day, source
@@ -30,8 +45,8 @@ OutboxEntry = tuple[str, dt.date, str]  # symbol, trading day, source
 class DayRows(Protocol):
     """A day file's rows in the two shapes storage takes; a load uses exactly one of them."""
 
-    def copy_lines(self) -> Iterator[str]:
-        """PostgreSQL COPY text lines in COPY_COLUMNS order."""
+    def copy_lines(self) -> Iterator[Any]:
+        """PostgreSQL COPY text in COPY_COLUMNS order, in pieces of whole lines (str or bytes)."""
         ...
 
     def records(self) -> Iterator[dict[str, Any]]:
@@ -70,40 +85,39 @@ def quarantine_rows(conn: Connection, rows: Iterable[QuarantinedRow]) -> int:
              for r in rows]
     if batch:
         conn.execute(insert(QUARANTINE), batch)
+        metrics.quarantined(conn, [str(row["origin"]) for row in batch])
     return len(batch)
 
 
 class _CopyStream:
-    """A read()-able view of COPY lines, pulled lazily so the file streams through.
+    """A read()-able view of COPY text pieces (str lines, or bytes blocks of whole lines),
+    pulled lazily so the file streams through.
 
     psycopg2 sends whatever read() returns, so a call may return a little more than
-    `size` (whole lines) instead of splitting a line across calls.
+    `size` (whole pieces) instead of splitting a line across calls.
     """
 
-    def __init__(self, lines: Iterator[str], lines_per_piece: int = 4096):
-        self._lines = lines
-        self._lines_per_piece = lines_per_piece
+    def __init__(self, pieces: Iterator[Any]):
+        self._pieces = pieces
         self.error: BaseException | None = None
 
-    def read(self, size: int = 1 << 20) -> str:
+    def read(self, size: int = 1 << 20) -> Any:
         try:
-            pieces: list[str] = []
+            pieces: list[Any] = []
             total = 0
-            lines = self._lines
-            while total < size or size < 0:
-                piece = "".join(itertools.islice(lines, self._lines_per_piece))
-                if not piece:
-                    break
+            for piece in self._pieces:
                 pieces.append(piece)
                 total += len(piece)
-            return "".join(pieces)
+                if 0 <= size <= total:
+                    break
+            return pieces[0][:0].join(pieces) if pieces else ""
         except BaseException as exc:
             # psycopg2 reports a failing read() as QueryCanceled; keep the real cause.
             self.error = exc
             raise
 
 
-def _copy(conn: Connection, table: str, lines: Iterator[str], columns: Sequence[str] = COPY_COLUMNS) -> None:
+def _copy(conn: Connection, table: str, lines: Iterator[Any], columns: Sequence[str] = COPY_COLUMNS) -> None:
     raw = conn.connection.dbapi_connection
     stream = _CopyStream(lines)
     with raw.cursor() as cursor:  # type: ignore[union-attr]
@@ -115,8 +129,8 @@ def _copy(conn: Connection, table: str, lines: Iterator[str], columns: Sequence[
             raise
 
 
-def _replace_postgres(conn: Connection, lines: Iterator[str], symbols: Sequence[str],
-                      start: dt.datetime, end: dt.datetime) -> None:
+def _replace_postgres(conn: Connection, lines: Iterator[Any], symbols: Sequence[str],
+                      start: dt.datetime, end: dt.datetime) -> list[str]:
     """First load: COPY straight into ohlcv_1m.
 
     Reload: COPY into an unindexed staging table, find the symbols whose rows differ
@@ -129,7 +143,7 @@ def _replace_postgres(conn: Connection, lines: Iterator[str], symbols: Sequence[
     exists = conn.exec_driver_sql(f"SELECT EXISTS (SELECT 1 FROM ohlcv_1m WHERE {day_rows})", window).scalar()
     if not exists:
         _copy(conn, "ohlcv_1m", lines)
-        return
+        return list(symbols)
     conn.exec_driver_sql("CREATE TEMP TABLE ohlcv_1m_staging (LIKE ohlcv_1m) ON COMMIT DROP")
     _copy(conn, "ohlcv_1m_staging", lines)
     conn.exec_driver_sql("ANALYZE ohlcv_1m_staging")
@@ -146,6 +160,7 @@ def _replace_postgres(conn: Connection, lines: Iterator[str], symbols: Sequence[
         conn.exec_driver_sql(f"DELETE FROM ohlcv_1m WHERE {day_rows}", window)
         conn.exec_driver_sql(f"INSERT INTO ohlcv_1m ({columns}) SELECT {columns} FROM ohlcv_1m_staging "
                              "WHERE symbol = ANY(%(symbols)s)", window)
+    return changed
 
 
 def _replace_sqlite(conn: Connection, records: Iterable[dict[str, Any]], symbols: Sequence[str],
@@ -172,17 +187,45 @@ def lock_day(conn: Connection, day: dt.date) -> None:
 
 
 def replace_day(conn: Connection, rows: DayRows, symbols: Sequence[str], start: dt.datetime,
-                end: dt.datetime) -> None:
-    """Make the bars of `symbols` in [start, end) exactly `rows` (flat files are authoritative)."""
+                end: dt.datetime) -> list[str]:
+    """Make the bars of `symbols` in [start, end) exactly `rows` (flat files are authoritative).
+
+    Returns the symbols whose bars may have changed (an unchanged reload on PostgreSQL
+    rewrites, and returns, nothing).
+    """
     if conn.dialect.name == "postgresql":
-        _replace_postgres(conn, rows.copy_lines(), symbols, start, end)
-    else:
-        _replace_sqlite(conn, rows.records(), symbols, start, end)
+        partitions.ensure_window(conn, OHLCV.name, start, end)  # normally made already, outside the load
+        return _replace_postgres(conn, rows.copy_lines(), symbols, start, end)
+    _replace_sqlite(conn, rows.records(), symbols, start, end)
+    return list(symbols)
+
+
+ROLLUP_COLUMNS = ("symbol", "bucket", "open", "high", "low", "close", "volume", "bars")
+
+
+def replace_rollups(conn: Connection, table: str, symbols: Sequence[str], start: dt.datetime, end: dt.datetime,
+                    lines: Iterator[Any]) -> None:
+    """PostgreSQL: make the rows of `symbols` in [start, end) of rollup `table` exactly `lines`
+    (COPY text in ROLLUP_COLUMNS order), as chronox.rollups.refresh would from the minutes."""
+    conn.exec_driver_sql(f"DELETE FROM {table} WHERE symbol = ANY(%(symbols)s) AND bucket >= %(start)s "
+                         "AND bucket < %(end)s", {"symbols": list(symbols), "start": start, "end": end})
+    _copy(conn, table, lines, ROLLUP_COLUMNS)
 
 
 def cover_day(conn: Connection, day: dt.date, rows: Mapping[str, int], source: str) -> None:
     """Coverage of a day load: one row per symbol (zero rows too), and no other source's,
     since the file replaced every other source's bars of these symbol-days."""
+    if conn.dialect.name == "postgresql":
+        # A whole market's symbols in two statements: an executemany upsert makes a round
+        # trip per symbol (1.4 s for 10,000).
+        window = {"day": day, "source": source, "symbols": list(rows), "rows": list(rows.values())}
+        conn.exec_driver_sql(
+            "INSERT INTO coverage (symbol, trading_day, source, rows) SELECT s, %(day)s, %(source)s, n "
+            "FROM unnest(%(symbols)s::text[], %(rows)s::int[]) AS t(s, n) "
+            "ON CONFLICT (symbol, trading_day, source) DO UPDATE SET rows = EXCLUDED.rows, updated_at = now()", window)
+        conn.exec_driver_sql("DELETE FROM coverage WHERE symbol = ANY(%(symbols)s) AND trading_day = %(day)s "
+                             "AND source <> %(source)s", window)
+        return
     upsert(conn, COVERAGE, [{"symbol": s, "trading_day": day, "source": source, "rows": n} for s, n in rows.items()],
            keys=("symbol", "trading_day", "source"), updates=("rows", "updated_at"))
     conn.execute(delete(COVERAGE).where(COVERAGE.c.symbol.in_(list(rows)), COVERAGE.c.trading_day == day,
@@ -215,24 +258,46 @@ def quarantined_count(conn: Connection, symbol: str) -> int:
     return conn.execute(select(func.count()).select_from(QUARANTINE).where(QUARANTINE.c.symbol == symbol)).scalar_one()
 
 
-def iter_bars(conn: Connection, symbol: str, start: dt.datetime, end: dt.datetime) -> Iterator[Any]:
-    query = (select(OHLCV).where(OHLCV.c.symbol == symbol, OHLCV.c.ts >= start, OHLCV.c.ts < end)
-             .order_by(OHLCV.c.ts))
-    yield from conn.execution_options(stream_results=True, yield_per=5000).execute(query)
+ROLLUP_TABLES = {"5m": table(Ohlcv5m), "15m": table(Ohlcv15m), "1h": table(Ohlcv1h)}
 
 
-def record_outbox(conn: Connection, entries: Sequence[OutboxEntry]) -> None:
-    upsert(conn, OUTBOX, [{"symbol": s, "trading_day": d, "source": src, "attempts": 0, "last_error": None}
+def iter_bars(conn: Connection, symbols: Sequence[str], start: dt.datetime, end: dt.datetime,
+              timeframe: str = TIMEFRAME, source: str = "flatpack") -> Iterator[Bar]:
+    """Stored bars of `symbols` in [start, end) at a timeframe, in time order per symbol;
+    rolled-up bars carry `source` (their table keeps none)."""
+    if timeframe == TIMEFRAME:
+        query = (select(OHLCV).where(OHLCV.c.symbol.in_(list(symbols)), OHLCV.c.ts >= start, OHLCV.c.ts < end)
+                 .order_by(OHLCV.c.symbol, OHLCV.c.ts))
+        for row in conn.execution_options(stream_results=True, yield_per=5000).execute(query):
+            yield Bar(*(getattr(row, c) for c in COPY_COLUMNS))
+        return
+    rollup = ROLLUP_TABLES[timeframe]
+    query = (select(rollup).where(rollup.c.symbol.in_(list(symbols)), rollup.c.bucket >= start,
+                                  rollup.c.bucket < end).order_by(rollup.c.symbol, rollup.c.bucket))
+    for row in conn.execution_options(stream_results=True, yield_per=5000).execute(query):
+        yield Bar(row.symbol, row.bucket, row.open, row.high, row.low, row.close, row.volume, None, None, source)
+
+
+def record_outbox(conn: Connection, entries: Sequence[OutboxEntry], timeframes: Mapping[str, str],
+                  market: str = "stocks", provider: str = "polygon") -> None:
+    """Symbol-days to publish after the commit; `timeframes` names a symbol's bars when not
+    1m; `market` (whose days they are: their bounds) and `provider` go into the envelopes."""
+    upsert(conn, OUTBOX, [{"symbol": s, "trading_day": d, "source": src, "tf": timeframes.get(s, TIMEFRAME),
+                           "market": market, "provider": provider, "attempts": 0, "last_error": None}
                           for s, d, src in entries],
-           keys=("symbol", "trading_day", "source"), updates=("attempts",))
+           keys=("symbol", "trading_day", "source"), updates=("tf", "market", "provider", "attempts"))
 
 
-def pending_outbox(conn: Connection, entries: Sequence[OutboxEntry] | None, limit: int) -> list[OutboxEntry]:
-    """The oldest outbox entries, all of them or those among `entries`."""
-    query = select(OUTBOX.c.symbol, OUTBOX.c.trading_day, OUTBOX.c.source)
+def pending_outbox(conn: Connection, entries: Sequence[OutboxEntry] | None,
+                   limit: int) -> list[tuple[OutboxEntry, str, str, str]]:
+    """The oldest outbox entries with their timeframe, market and provider, all or those among `entries`."""
+    columns = (OUTBOX.c.symbol, OUTBOX.c.trading_day, OUTBOX.c.source, OUTBOX.c.tf, OUTBOX.c.market,
+               OUTBOX.c.provider)
+    query = select(*columns)
     if entries is not None:
         query = query.where(tuple_(OUTBOX.c.symbol, OUTBOX.c.trading_day, OUTBOX.c.source).in_(list(entries)))
-    return [(s, d, src) for s, d, src in conn.execute(query.order_by(OUTBOX.c.created_at).limit(limit))]
+    return [((s, d, src), tf, market, provider)
+            for s, d, src, tf, market, provider in conn.execute(query.order_by(OUTBOX.c.created_at).limit(limit))]
 
 
 def _outbox_entry(entry: OutboxEntry) -> Any:
@@ -270,6 +335,28 @@ def upsert_bars(conn: Connection, bars: Iterable[Bar]) -> int:
     return _upsert_bars(conn, rows)
 
 
+def upsert_bars_at(conn: Connection, timeframe: str, bars: Sequence[Bar],
+                   day_of: Callable[[dt.datetime], dt.date] = new_york_day) -> int:
+    """Bars of a timeframe into its table: minutes with source precedence (upsert_bars),
+    5m/15m/1h into their rollup table and days into ohlcv_1d (`day_of`: the market's day
+    of a daily bar's timestamp), replacing what was there."""
+    if timeframe == TIMEFRAME:
+        return upsert_bars(conn, bars)
+    if not bars:
+        return 0
+    if timeframe == "1d":
+        rows = [{"symbol": b.symbol, "day": day_of(b.ts), **{c: getattr(b, c) for c in COPY_COLUMNS[2:]}}
+                for b in bars]
+        upsert(conn, table(Ohlcv1d), rows, keys=("symbol", "day"), updates=COPY_COLUMNS[2:])
+        return len(rows)
+    target = ROLLUP_TABLES[timeframe]
+    # A provider's aggregate: the minutes inside it were never seen, so `bars` is unknown.
+    rows = [{"symbol": b.symbol, "bucket": b.ts, "open": b.open, "high": b.high, "low": b.low, "close": b.close,
+             "volume": b.volume, "bars": None} for b in bars]
+    upsert(conn, target, rows, keys=("symbol", "bucket"), updates=("open", "high", "low", "close", "volume", "bars"))
+    return len(rows)
+
+
 def _upsert_bars(conn: Connection, rows: list[dict[str, Any]]) -> int:
     if conn.dialect.name == "postgresql":
         return _upsert_bars_postgres(conn, rows)
@@ -303,6 +390,7 @@ def _upsert_bars_postgres(conn: Connection, rows: list[dict[str, Any]]) -> int:
     needs more. Within a batch the same minute may arrive twice: the higher-ranked,
     then the later, bar wins.
     """
+    partitions.ensure_times(conn, OHLCV.name, (row["ts"] for row in rows))
     conn.exec_driver_sql("CREATE TEMP TABLE IF NOT EXISTS ohlcv_1m_incoming "
                          "(LIKE ohlcv_1m, arrival integer) ON COMMIT DELETE ROWS")
     _copy(conn, "ohlcv_1m_incoming", (_bar_line(row, i) for i, row in enumerate(rows)),
@@ -317,3 +405,30 @@ def _upsert_bars_postgres(conn: Connection, rows: list[dict[str, Any]]) -> int:
         f"WHERE {_RANK_SQL.format(col='o.source')} <= {_RANK_SQL.format(col='EXCLUDED.source')}")
     conn.exec_driver_sql("TRUNCATE ohlcv_1m_incoming")
     return result.rowcount or 0
+
+
+# -- what the steps of a symbol's latest run did -------------------------------------
+
+
+def clear_steps(conn: Connection, symbols: Sequence[str]) -> None:
+    for i in range(0, len(symbols), 1000):
+        conn.execute(delete(RUN_STEPS).where(RUN_STEPS.c.symbol.in_(list(symbols[i:i + 1000]))))
+
+
+def record_steps(conn: Connection, symbols: Sequence[str], step: str, outcome: str, detail: Any = None) -> None:
+    """The outcome of `step` for each symbol (detail: JSON-able figures or a message)."""
+    now = dt.datetime.now(dt.UTC)
+    text = None if detail is None else json.dumps(detail, sort_keys=True, default=str)
+    upsert(conn, RUN_STEPS, [{"symbol": s, "step": step, "outcome": outcome, "detail": text, "updated_at": now}
+                             for s in dict.fromkeys(symbols)],
+           keys=("symbol", "step"), updates=("outcome", "detail", "updated_at"))
+
+
+def steps_of(conn: Connection, symbols: Sequence[str]) -> dict[str, dict[str, tuple[str, Any, dt.datetime]]]:
+    """symbol -> step -> (outcome, detail, updated_at UTC)."""
+    out: dict[str, dict[str, tuple[str, Any, dt.datetime]]] = {}
+    rows = conn.execute(select(RUN_STEPS).where(RUN_STEPS.c.symbol.in_(list(symbols))))
+    for row in rows:
+        at = row.updated_at if row.updated_at.tzinfo else row.updated_at.replace(tzinfo=dt.UTC)
+        out.setdefault(row.symbol, {})[row.step] = (row.outcome, json.loads(row.detail) if row.detail else None, at)
+    return out

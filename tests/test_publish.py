@@ -4,13 +4,15 @@ import datetime as dt
 import pytest
 
 from chronox import registry
-from chronox.backfill import drain_outbox, finalize_symbol, load_day
+from chronox.backfill import drain_outbox, load_day
+from chronox.completion import finalize_symbol
 from chronox.db import get_engine
 from chronox.settings import load_settings
 from tests.helpers import count, write_days
 
 DAY = dt.date(2024, 1, 3)
-ENVELOPE_KEYS = {"event", "symbol", "tf", "ts", "ohlcv", "features", "source", "version", "dedup_key"}
+ENVELOPE_KEYS = {"event", "symbol", "tf", "ts", "ohlcv", "features", "source", "version", "dedup_key",
+                 "market", "provider"}
 
 
 def bars_in_db(url, symbol):
@@ -25,7 +27,7 @@ def bars_in_db(url, symbol):
     for ts, *ohlcv in rows:
         if isinstance(ts, str):
             ts = dt.datetime.fromisoformat(ts)
-        out[isoformat_utc(ts)] = dict(zip(("open", "high", "low", "close", "volume"), ohlcv))
+        out[isoformat_utc(ts)] = dict(zip(("open", "high", "low", "close", "volume"), ohlcv, strict=True))
     return out
 
 
@@ -44,6 +46,7 @@ def test_kafka_first_publishes_one_envelope_per_bar(db_url, flatfiles, kafka):
     stored = bars_in_db(db_url, symbol)
     for e in envelopes:
         assert (e["event"], e["symbol"], e["tf"], e["source"], e["version"]) == ("bar", symbol, "1m", "flatpack", "v1")
+        assert (e["market"], e["provider"]) == ("stocks", "polygon")
         assert e["dedup_key"] == f"{symbol}|1m|{e['ts']}"
         assert e["ohlcv"] == stored[e["ts"]]
     summary = finalize_symbol(load_settings(), symbol, DAY.isoformat(), DAY.isoformat(), [DAY.isoformat()])

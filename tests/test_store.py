@@ -171,7 +171,8 @@ def test_postgres_reload_rewrites_only_changed_symbols(pg_url, flatfiles):
                                           ("MSFT", "2024-01-02"): expected[("MSFT", DAY)]}
     with get_engine(pg_url).connect() as conn:
         # unchanged AAPL rows were not rewritten (same row versions)
-        assert conn.execute(text("SELECT max(xmin::text::bigint) FROM ohlcv_1m WHERE symbol = 'AAPL'")).scalar() == xmin_aapl
+        xmin_now = conn.execute(text("SELECT max(xmin::text::bigint) FROM ohlcv_1m WHERE symbol = 'AAPL'")).scalar()
+        assert xmin_now == xmin_aapl
     from chronox.sample import day_rows
 
     first_msft = min((r for r in day_rows(DAY, ["AAPL", "MSFT"]) if r[0] == "MSFT"), key=lambda r: r[6])

@@ -1,52 +1,59 @@
 """Polygon day flat files (`us_stocks_sip/minute_aggs_v1`) from a local directory or S3.
 
-A day file holds every US ticker; it is streamed once and only rows of the wanted
-symbols are kept, so memory does not grow with the file.
+A day file holds every US ticker; it is streamed once, a block of lines at a time, and only
+rows of the wanted symbols are kept, so memory does not grow with the file. Parsing, the
+ticker filter, validation and the COPY text are Arrow compute kernels over each block, so a
+day load is bound by PostgreSQL's COPY rather than by Python's per-row work.
 """
 from __future__ import annotations
 
 import csv
 import datetime as dt
 import gzip
-import io
 import logging
 import math
 import zlib
 from collections import Counter
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, NamedTuple, Protocol
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from chronox.bars import MAX_TRANSACTIONS, QuarantinedRow, isoformat_utc, price_problem
 from chronox.calendar import day_bounds_utc
 from chronox.settings import Settings
-from chronox.strategy import SYMBOL_PATTERN
 
 log = logging.getLogger(__name__)
 
 PREFIX = "us_stocks_sip/minute_aggs_v1"
+# Polygon's day-file datasets: one file per day holding every ticker of the market.
+US_STOCKS = "us_stocks"
+GLOBAL_CRYPTO = "global_crypto"
+PREFIXES = {US_STOCKS: PREFIX, GLOBAL_CRYPTO: "global_crypto/minute_aggs_v1"}
 HEADER = ("ticker", "volume", "open", "close", "high", "low", "window_start", "transactions")
 MINUTE_NS = 60_000_000_000
 MINUTES_PER_DAY = 25 * 60  # a New York day is 25 h long when clocks fall back
 INF = math.inf
 
 
-CsvReader = Any  # csv.reader() objects: iterators of rows with a line_num; typeshed names no public type
-
 
 class FlatFileError(Exception):
     """The file as a whole cannot be read (corrupt gzip, wrong header); nothing is loaded."""
 
 
-def relative_path(day: dt.date) -> str:
-    return f"{PREFIX}/{day:%Y}/{day:%m}/{day.isoformat()}.csv.gz"
+def relative_path(day: dt.date, dataset: str = US_STOCKS) -> str:
+    return f"{PREFIXES[dataset]}/{day:%Y}/{day:%m}/{day.isoformat()}.csv.gz"
 
 
 class FlatFileStore:
     """Where day files live: a local directory or an S3 bucket (Polygon's or a mirror)."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, dataset: str = US_STOCKS):
+        self.dataset = dataset
         self.url = settings.flatfiles_url
         self._settings = settings
         self._s3: Any = None
@@ -82,16 +89,16 @@ class FlatFileStore:
         return self._s3
 
     def _key(self, day: dt.date) -> str:
-        return f"{self.root}/{relative_path(day)}" if self.root else relative_path(day)
+        return f"{self.root}/{relative_path(day, self.dataset)}" if self.root else relative_path(day, self.dataset)
 
     def location(self, day: dt.date) -> str:
         if self.is_s3:
             return f"s3://{self.bucket}/{self._key(day)}"
-        return str(Path(self.root) / relative_path(day))
+        return str(Path(self.root) / relative_path(day, self.dataset))
 
     def exists(self, day: dt.date) -> bool:
         if not self.is_s3:
-            return (Path(self.root) / relative_path(day)).is_file()
+            return (Path(self.root) / relative_path(day, self.dataset)).is_file()
         from botocore.exceptions import ClientError
 
         try:
@@ -105,14 +112,14 @@ class FlatFileStore:
     def open(self, day: dt.date) -> IO[bytes]:
         """The raw (gzip-compressed) byte stream of a day file."""
         if not self.is_s3:
-            return open(Path(self.root) / relative_path(day), "rb")
+            return open(Path(self.root) / relative_path(day, self.dataset), "rb")
         body = self._client().get_object(Bucket=self.bucket, Key=self._key(day))["Body"]
         return body  # botocore StreamingBody reads incrementally
 
 
 class FlatRow(NamedTuple):
     symbol: str
-    minute: int  # minutes since New York midnight of the file's day
+    minute: int  # minutes since the start of the file's day (New York midnight for US stocks)
     open: float
     high: float
     low: float
@@ -137,68 +144,190 @@ def _printable(fields: list[str]) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+# Numbers the kernels take as written: plain decimals, which Python's float() and int() and
+# Arrow's parsers (correctly rounded both) read to the same value, and which PostgreSQL's COPY
+# reads the same way too. Any other spelling (signs, exponents, spaces, digit separators,
+# non-ASCII digits, junk) goes through the per-row rules, as does every row they refuse.
+NUMBERS = ("open", "high", "low", "close", "volume")  # COPY order, also of DayBatch.prices
+PLAIN = {
+    **{name: r"[0-9]{1,20}(?:\.[0-9]{0,20})?" for name in NUMBERS},
+    "window_start": r"[0-9]{1,18}|[1-8][0-9]{18}",  # within int64
+    "transactions": r"[0-9]{0,10}",  # empty: no count
+}
+BLOCK_BYTES = 1 << 20  # decompressed bytes per block of lines: about 20,000 rows
+
+
+def _line_end(buffer: bytearray) -> int:
+    """Where the last complete line of `buffer` ends (0: none). A trailing \\r waits: it may
+    be the first half of a \\r\\n still to come."""
+    end = len(buffer)
+    if end and buffer[end - 1] == 13:
+        end -= 1
+    return max(buffer.rfind(b"\n", 0, end), buffer.rfind(b"\r", 0, end)) + 1
+
+
+def _normalized(block: bytes) -> bytes:
+    """Line ends as Python's universal newlines split lines (\\r\\n, \\r, \\n), all written \\n."""
+    if b"\r" in block:
+        return block.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+    return block
+
+
+def _blocks(raw: IO[bytes]) -> Iterator[bytes]:
+    """The decompressed stream in blocks of whole lines, about BLOCK_BYTES each (a longer
+    line makes a longer block).
+
+    A gzip error is raised after the complete lines before it were yielded, as a reader of
+    lines would have seen them; the part line it cut is dropped.
+    """
+    gz = gzip.GzipFile(fileobj=raw, mode="rb")
+    pending = bytearray()
+    while True:
+        try:
+            chunk = gz.read1(BLOCK_BYTES)
+        except (EOFError, zlib.error, OSError) as exc:  # gzip.BadGzipFile is an OSError
+            error = exc
+        else:
+            if not chunk:
+                if pending:
+                    yield _normalized(bytes(pending))  # the last line may lack its end
+                return
+            pending += chunk
+            if len(pending) >= BLOCK_BYTES and (cut := _line_end(pending)):
+                yield _normalized(bytes(pending[:cut]))
+                del pending[:cut]
+            continue
+        if cut := _line_end(pending):
+            yield _normalized(bytes(pending[:cut]))
+        raise error
+
+
+@dataclass
+class DayBatch:
+    """The rows kept from one block of a day file, in file order.
+
+    Most are columns (numpy arrays and the numbers' text as written, which COPY takes as
+    it is); `extra` holds the few rows only the per-row rules accepted (an odd spelling of a
+    number), with their place in the block.
+    """
+
+    order: np.ndarray  # line of each row within its block
+    symbols: np.ndarray  # index into DayFileReader.symbols
+    minutes: np.ndarray  # index into DayFileReader.minute_times / minute_iso
+    prices: np.ndarray  # float64, shape (rows, 5): open, high, low, close, volume
+    transactions: np.ndarray  # int64, -1 where the file has none
+    texts: list[Any]  # pyarrow binary arrays: open, high, low, close, volume, transactions as written
+    extra: list[tuple[int, FlatRow]]
+
+    def __len__(self) -> int:
+        return len(self.order) + len(self.extra)
+
+
+KeptRow = tuple[int, int, float, float, float, float, float, int | None]  # symbol index, minute, o h l c v, n
+
+
 class DayFileReader:
-    """Iterates the valid rows of wanted symbols in one day file; bad rows go to stats.
+    """The valid rows of wanted symbols in one day file, a block at a time; bad rows go to stats.
+
+    Columnar: a block of about 20,000 lines is split, filtered to the wanted tickers and
+    checked with Arrow compute kernels. The few rows the kernels do not accept as plainly
+    valid (odd spellings of numbers, bad values, rows of another width, lines the csv module
+    would refuse) go through the per-row rules, so every row gets exactly the outcome and
+    quarantine reason Python's csv, float() and int() give it.
 
     Raises FlatFileError when the file itself is broken; callers load inside a
     transaction so rows read before the failure are never committed.
     """
 
-    def __init__(self, raw: IO[bytes], day: dt.date, wanted: Collection[str] | None, origin: str,
-                 progress: Callable[[int], None] | None = None, progress_every: int = 50_000):
+    def __init__(self, raw: IO[bytes], day: dt.date, wanted: Collection[str], origin: str,
+                 progress: Callable[[int], None] | None = None, progress_every: int = 50_000,
+                 bounds: tuple[dt.datetime, dt.datetime] | None = None, aliases: Mapping[str, str] | None = None):
+        """`bounds`: the file's day in UTC (default the New York day of US stock files; a
+        crypto file covers the UTC day). `wanted`: the file's tickers to keep; `aliases`: the
+        file's ticker -> the canonical symbol, for files that spell tickers their own way
+        (`X:BTC-USD`)."""
         self.raw = raw
         self.progress = progress
         self.progress_every = progress_every
         self.day = day
-        self.wanted = None if wanted is None else frozenset(wanted)
+        self.wanted = frozenset(wanted)
+        self.aliases = dict(aliases) if aliases else None
         self.origin = origin
         self.stats = DayFileStats()
-        start, end = day_bounds_utc(day)
+        start, end = self.bounds = bounds or day_bounds_utc(day)
         # 23, 24 or 25 hours: a minute past the day's end belongs to the next day's file, and
         # loaded here it would sit outside the window a reload of this day replaces.
         self.day_minutes = int((end - start).total_seconds()) // 60
         self.day_start_ns = int(start.timestamp()) * 1_000_000_000
         self.minute_times = [start + dt.timedelta(minutes=i) for i in range(MINUTES_PER_DAY)]
         self.minute_iso = [isoformat_utc(t) for t in self.minute_times]
+        tickers = sorted(self.wanted)
+        self.symbols = sorted({self._canonical(t) for t in tickers})
+        self._symbol_index = {s: i for i, s in enumerate(self.symbols)}
+        self._tickers = pa.array([t.encode() for t in tickers], pa.binary())
+        self._symbol_of_ticker = np.array([self._symbol_index[self._canonical(t)] for t in tickers], dtype=np.int64)
+        self._symbol_text = pa.array([s.encode() for s in self.symbols], pa.binary())
+        self._iso_text = pa.array([t.encode() for t in self.minute_iso], pa.binary())
+        self._seen = np.zeros(len(self.symbols) * MINUTES_PER_DAY, dtype=bool)  # symbol-minutes kept
+        self._columns: dict[str, int] = {}
+        self._width = 0
+        self._plain_row = ""  # a line whose fields the kernels read as they are (see PLAIN)
+
+    def _canonical(self, ticker: str) -> str:
+        return self.aliases.get(ticker, ticker) if self.aliases is not None else ticker
 
     def _quarantine(self, symbol: str | None, fields: list[str], reason: str) -> None:
         self.stats.quarantined.append(QuarantinedRow(self.origin, symbol, _printable(fields), reason))
 
     def __iter__(self) -> Iterator[FlatRow]:
-        for symbol, minute, o, h, low, c, v, n in self._checked(None):
-            yield FlatRow(symbol, minute, o, h, low, c, v, n)
+        for batch in self.batches():
+            yield from self.rows(batch)
 
-    def copy_lines(self, source: str) -> Iterator[str]:
-        """PostgreSQL COPY text lines of the valid rows: the hot path of a day load.
-
-        Rendered inside the parsing loop; numbers are passed through as written in the
-        file once float() accepted them, which saves re-rendering five floats per row.
-        A spelling PostgreSQL may read differently (digit separators, exponents that
-        underflow, tabs or non-ASCII digits and spaces) is rendered from the float instead.
-        """
-        return self._checked(source)
-
-    def _checked(self, copy_source: str | None) -> Iterator[Any]:
-        text = io.TextIOWrapper(
-            gzip.GzipFile(fileobj=self.raw, mode="rb"), encoding="utf-8",
-            errors="surrogateescape", newline="",
-        )
-        # Polygon never quotes; a stray quote must not swallow the lines after it into one field.
-        reader = csv.reader(text, quoting=csv.QUOTE_NONE)
+    def batches(self) -> Iterator[DayBatch]:
+        """The kept rows, a block at a time; raises FlatFileError for a broken file."""
         try:
-            yield from self._rows(reader, copy_source)
+            yield from self._batches()
         except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
             raise FlatFileError(
                 f"{self.origin}: corrupt or truncated gzip after {self.stats.rows_read} rows ({exc})"
             ) from None
         except OSError as exc:
             raise FlatFileError(f"{self.origin}: unreadable ({exc})") from None
+        finally:
+            # Counted from the symbol-minutes kept: cheaper than a counter per row.
+            counts = self._seen.reshape(len(self.symbols), MINUTES_PER_DAY).sum(axis=1)
+            self.stats.rows_kept = Counter({self.symbols[i]: int(counts[i]) for i in np.flatnonzero(counts)})
 
-    def _header(self, reader: CsvReader) -> tuple[int, ...]:
+    def _batches(self) -> Iterator[DayBatch]:
+        line = 1  # the file's line number of the next line; the header is line 1
+        kept = 0
+        progress, every = self.progress, self.progress_every
+        for block in _blocks(self.raw):
+            if line == 1:
+                end = block.find(b"\n")
+                self._header(block if end < 0 else block[:end])
+                line = 2
+                block = b"" if end < 0 else block[end + 1:]
+                if not block:
+                    continue
+            lines = pc.split_pattern(pa.array([block[:-1] if block.endswith(b"\n") else block], pa.binary()),
+                                     pattern="\n").flatten()
+            batch = self._batch(lines, line)
+            line += len(lines)
+            self.stats.rows_read = line - 2
+            if progress is not None and (kept + len(batch)) // every > kept // every:
+                progress(kept + len(batch))
+            kept += len(batch)
+            if len(batch):
+                yield batch
+        if line == 1:
+            raise FlatFileError(f"{self.origin}: empty file, no header")
+        if progress is not None:
+            progress(kept)
+
+    def _header(self, line: bytes) -> None:
         try:
-            header = next(reader)
-        except StopIteration:
-            raise FlatFileError(f"{self.origin}: empty file, no header") from None
+            header = next(csv.reader([line.decode("utf-8", "surrogateescape")], quoting=csv.QUOTE_NONE))
         except csv.Error as exc:
             raise FlatFileError(f"{self.origin}: unreadable header ({exc})") from None
         names = [h.strip().lower() for h in header]
@@ -207,101 +336,173 @@ class DayFileReader:
             raise FlatFileError(
                 f"{self.origin}: header lacks {', '.join(missing)} (expected {','.join(HEADER)})"
             )
+        self._columns = {h: names.index(h) for h in HEADER}
+        self._plain_row = "^" + ",".join(f"(?:{PLAIN[name]})" if name in PLAIN and names.index(name) == i else "[^,]*"
+                                         for i, name in enumerate(names)) + "$"
         # A row of another width than the header is misaligned: its values cannot be trusted.
-        return (*(names.index(h) for h in HEADER), len(names))
+        self._width = len(names)
 
-    def _rows(self, reader: CsvReader, copy_source: str | None) -> Iterator[Any]:
-        """Valid rows as tuples, or as COPY lines when copy_source is given.
+    def _batch(self, lines: Any, first_line: int) -> DayBatch:
+        """The kept rows of one block's lines (`first_line`: the file's line number of the first)."""
+        width, columns = self._width, self._columns
+        fields = pc.split_pattern(lines, pattern=",")
+        # Lines of another width, and lines long enough to hold a field the csv module refuses,
+        # are for the per-row rules.
+        regular = ((pc.list_value_length(fields).to_numpy(zero_copy_only=False) == width)
+                   & (pc.binary_length(lines).to_numpy(zero_copy_only=False) <= csv.field_size_limit()))
+        regular_lines = None if regular.all() else np.flatnonzero(regular)
+        values = (fields if regular_lines is None else fields.filter(pa.array(regular))).flatten()
+        count = len(values) // width
+        hits = pc.index_in(values.take(pa.array(np.arange(count, dtype=np.int64) * width + columns["ticker"])),
+                           value_set=self._tickers)
+        wanted = hits.is_valid().to_numpy(zero_copy_only=False)
+        self.stats.other_tickers += count - int(wanted.sum())
+        at = np.flatnonzero(wanted)
+        lines_at = at if regular_lines is None else regular_lines[at]
+        symbols = self._symbol_of_ticker[pc.drop_null(hits).to_numpy(zero_copy_only=False).astype(np.int64)]
+        text = {name: values.take(pa.array(at * width + columns[name])) for name in (*NUMBERS, "window_start",
+                                                                                   "transactions")}
+        # One pass over each wanted line, rather than one per field.
+        plain = pc.match_substring_regex(lines.take(pa.array(lines_at)), self._plain_row).to_numpy(zero_copy_only=False)
+        prices = np.column_stack([_numbers(text[name], plain, pa.float64()) for name in NUMBERS])
+        o, h, low, c, v = prices.T
+        no_count = pc.binary_length(text["transactions"]).to_numpy(zero_copy_only=False) == 0
+        counts = np.where(no_count, -1, _numbers(text["transactions"], plain & ~no_count, pa.int64()))
+        minutes, rest = np.divmod(_numbers(text["window_start"], plain, pa.int64()) - self.day_start_ns, MINUTE_NS)
+        good = (plain & (rest == 0) & (minutes >= 0) & (minutes < self.day_minutes)
+                & (o > 0) & (c > 0) & (low > 0) & (v >= 0) & (h >= o) & (h >= c) & (low <= o) & (low <= c)
+                & (counts <= MAX_TRANSACTIONS))
+        # The per-row rules, in file order: they may keep a row or quarantine it with its reason.
+        extra: list[tuple[int, KeptRow]] = []
+        for i in sorted([*np.flatnonzero(~regular).tolist(), *lines_at[~good].tolist()]):
+            row = self._row(lines[i].as_py(), first_line + i)
+            if row is not None:
+                extra.append((i, row))
+        good_at = np.flatnonzero(good)
+        keep, keep_extra = self._first_of_each_minute(lines_at[good_at], symbols[good_at] * MINUTES_PER_DAY
+                                                      + minutes[good_at], extra)
+        chosen = good_at[keep]
+        return DayBatch(
+            order=lines_at[chosen], symbols=symbols[chosen], minutes=minutes[chosen], prices=prices[chosen],
+            transactions=counts[chosen], texts=[text[name].take(pa.array(chosen)) for name in (*NUMBERS,
+                                                                                               "transactions")],
+            extra=[(i, FlatRow(self.symbols[s], m, o_, h_, l_, c_, v_, n_))
+                   for (i, (s, m, o_, h_, l_, c_, v_, n_)), k in zip(extra, keep_extra, strict=True) if k])
 
-        One loop with everything inlined: this runs for every row of a 1-3 M row file.
-        """
-        i_sym, i_vol, i_open, i_close, i_high, i_low, i_ws, i_n, width = self._header(reader)
-        wanted = self.wanted
+    def _first_of_each_minute(self, lines_at: np.ndarray, keys: np.ndarray,
+                              extra: list[tuple[int, KeptRow]]) -> tuple[np.ndarray, list[bool]]:
+        """Which valid rows are the first of their symbol-minute in the file: a duplicate keeps
+        the first bar. (mask over the column rows, flags for `extra`)"""
+        if extra:
+            lines_at = np.concatenate([lines_at, np.array([i for i, _ in extra], dtype=np.int64)])
+            keys = np.concatenate([keys, np.array([r[0] * MINUTES_PER_DAY + r[1] for _, r in extra], dtype=np.int64)])
+        order = np.argsort(lines_at, kind="stable")
+        in_order = keys[order]
+        first = np.zeros(len(in_order), dtype=bool)
+        first[np.unique(in_order, return_index=True)[1]] = True
+        fresh = first & ~self._seen[in_order]
+        self._seen[in_order[fresh]] = True
+        self.stats.duplicates += len(in_order) - int(fresh.sum())
+        keep = np.empty(len(keys), dtype=bool)
+        keep[order] = fresh
+        split = len(keys) - len(extra)
+        return keep[:split], keep[split:].tolist()
+
+    def _row(self, line: bytes, line_no: int) -> KeptRow | None:
+        """One line by the per-row rules (Python's csv, float() and int()): the row to keep,
+        or None when it is quarantined (with its reason) or another ticker's."""
         stats = self.stats
-        day_start_ns = self.day_start_ns
-        progress, every = self.progress, self.progress_every
-        iso = self.minute_iso
-        day_minutes = self.day_minutes
-        null = "\\N"
-        seen: dict[str, bytearray] = {}
-        kept_total = 0
         try:
-            while True:
-                try:
-                    for fields in reader:
-                        if len(fields) != width:
-                            symbol = fields[i_sym] if len(fields) > i_sym else None
-                            if symbol is not None and wanted is not None and symbol not in wanted:
-                                stats.other_tickers += 1
-                                continue
-                            self._quarantine(symbol, fields, f"expected {width} columns, got {len(fields)}")
-                            continue
-                        symbol = fields[i_sym]
-                        if wanted is not None:
-                            if symbol not in wanted:
-                                stats.other_tickers += 1
-                                continue
-                        elif symbol not in seen and not SYMBOL_PATTERN.fullmatch(symbol):
-                            self._quarantine(None, fields, f"ticker {symbol!r} is not a valid symbol")
-                            continue
-                        try:
-                            ws = int(fields[i_ws])
-                            o = float(fields[i_open])
-                            h = float(fields[i_high])
-                            low = float(fields[i_low])
-                            c = float(fields[i_close])
-                            v = float(fields[i_vol])
-                            raw_n = fields[i_n]
-                            n = int(raw_n) if raw_n else None
-                        except ValueError as exc:
-                            self._quarantine(symbol, fields, f"unparseable field: {exc}")
-                            continue
-                        minute, rest = divmod(ws - day_start_ns, MINUTE_NS)
-                        if rest or not 0 <= minute < day_minutes:
-                            self._quarantine(
-                                symbol, fields,
-                                f"window_start {ws} is not a minute of {self.day} (epoch nanoseconds expected)",
-                            )
-                            continue
-                        if not (o > 0 and c > 0 and low > 0 and v >= 0 and h >= o and h >= c
-                                and low <= o and low <= c and h < INF and v < INF):
-                            self._quarantine(symbol, fields, price_problem(o, h, low, c, v) or "invalid prices")
-                            continue
-                        if n is not None and not 0 <= n <= MAX_TRANSACTIONS:
-                            self._quarantine(symbol, fields, f"transactions must be >= 0, got {n}" if n < 0 else
-                                             f"transactions must be <= {MAX_TRANSACTIONS}, got {n}")
-                            continue
-                        minutes = seen.get(symbol)
-                        if minutes is None:
-                            minutes = seen[symbol] = bytearray(MINUTES_PER_DAY)
-                        if minutes[minute]:
-                            stats.duplicates += 1
-                            continue
-                        minutes[minute] = 1
-                        kept_total += 1
-                        if progress is not None and kept_total % every == 0:
-                            progress(kept_total)
-                        if copy_source is None:
-                            yield symbol, minute, o, h, low, c, v, n
-                            continue
-                        numbers = f"{fields[i_open]}\t{fields[i_high]}\t{fields[i_low]}\t{fields[i_close]}\t{fields[i_vol]}"
-                        # float() also takes tabs, Unicode digits and spaces around a number, which
-                        # would break the COPY line or PostgreSQL's float parser.
-                        if not numbers.isascii() or numbers.count("\t") != 4 \
-                                or "_" in numbers or "e" in numbers or "E" in numbers:
-                            numbers = f"{o!r}\t{h!r}\t{low!r}\t{c!r}\t{v!r}"
-                        yield f"{symbol}\t{iso[minute]}\t{numbers}\t{null}\t{null if n is None else n}\t{copy_source}\n"
-                    break
-                except csv.Error as exc:
-                    # The csv module rejects a record (NUL byte, oversized field) and can go on.
-                    self._quarantine(None, [], f"unparseable CSV line near row {reader.line_num}: {exc}")
-        finally:
-            stats.rows_read = reader.line_num - 1
-            # Counted from the per-symbol minute maps: cheaper than a counter per row.
-            for symbol, minutes in seen.items():
-                stats.rows_kept[symbol] = minutes.count(1)
-        if progress is not None:
-            progress(kept_total)
+            fields = next(csv.reader([line.decode("utf-8", "surrogateescape")], quoting=csv.QUOTE_NONE))
+        except csv.Error as exc:
+            # The csv module refuses the line (a field beyond its limit): no fields to show.
+            self._quarantine(None, [], f"unparseable CSV line near row {line_no}: {exc}")
+            return None
+        columns = self._columns
+        i_sym = columns["ticker"]
+        if len(fields) != self._width:
+            symbol: str | None = fields[i_sym] if len(fields) > i_sym else None
+            if symbol is not None and symbol not in self.wanted:
+                stats.other_tickers += 1
+                return None
+            self._quarantine(None if symbol is None else self._canonical(symbol), fields,
+                             f"expected {self._width} columns, got {len(fields)}")
+            return None
+        if fields[i_sym] not in self.wanted:
+            stats.other_tickers += 1
+            return None
+        symbol = self._canonical(fields[i_sym])
+        try:
+            ws = int(fields[columns["window_start"]])
+            o = float(fields[columns["open"]])
+            h = float(fields[columns["high"]])
+            low = float(fields[columns["low"]])
+            c = float(fields[columns["close"]])
+            v = float(fields[columns["volume"]])
+            raw_n = fields[columns["transactions"]]
+            n = int(raw_n) if raw_n else None
+        except ValueError as exc:
+            self._quarantine(symbol, fields, f"unparseable field: {exc}")
+            return None
+        minute, rest = divmod(ws - self.day_start_ns, MINUTE_NS)
+        if rest or not 0 <= minute < self.day_minutes:
+            self._quarantine(symbol, fields,
+                             f"window_start {ws} is not a minute of {self.day} (epoch nanoseconds expected)")
+            return None
+        if not (o > 0 and c > 0 and low > 0 and v >= 0 and h >= o and h >= c
+                and low <= o and low <= c and h < INF and v < INF):
+            self._quarantine(symbol, fields, price_problem(o, h, low, c, v) or "invalid prices")
+            return None
+        if n is not None and not 0 <= n <= MAX_TRANSACTIONS:
+            self._quarantine(symbol, fields, f"transactions must be >= 0, got {n}" if n < 0 else
+                             f"transactions must be <= {MAX_TRANSACTIONS}, got {n}")
+            return None
+        return self._symbol_index[symbol], minute, o, h, low, c, v, n
+
+    def rows(self, batch: DayBatch) -> list[FlatRow]:
+        """A batch's rows as tuples, in file order."""
+        symbols = self.symbols
+        counts = batch.transactions.tolist()
+        rows = [FlatRow(symbols[s], m, o, h, low, c, v, None if n < 0 else n)
+                for s, m, (o, h, low, c, v), n in zip(batch.symbols.tolist(), batch.minutes.tolist(),
+                                                      batch.prices.tolist(), counts, strict=True)]
+        if not batch.extra:
+            return rows
+        merged = sorted([*zip(batch.order.tolist(), rows, strict=True), *batch.extra], key=lambda item: item[0])
+        return [row for _, row in merged]
+
+    def copy_text(self, batch: DayBatch, source: str) -> bytes:
+        """A batch's rows as PostgreSQL COPY text in store.COPY_COLUMNS order. The numbers go
+        as written in the file (plain decimals, read by PostgreSQL as by the kernels); rows
+        of odd spellings are rendered from their values."""
+        text = b""
+        if len(batch.order):
+            o, h, low, c, v, n = batch.texts
+            n = pc.if_else(pc.equal(pc.binary_length(n), 0), pa.scalar(b"\\N", pa.binary()), n)
+            lines = pc.binary_join_element_wise(
+                self._symbol_text.take(pa.array(batch.symbols)), self._iso_text.take(pa.array(batch.minutes)),
+                o, h, low, c, v, pa.scalar(b"\\N", pa.binary()), n, pa.scalar(f"{source}\n".encode(), pa.binary()),
+                pa.scalar(b"\t", pa.binary()))
+            text = concatenated(lines)
+        if batch.extra:
+            iso, none = self.minute_iso, "\\N"
+            text += "".join(f"{r.symbol}\t{iso[r.minute]}\t{r.open!r}\t{r.high!r}\t{r.low!r}\t{r.close!r}\t"
+                            f"{r.volume!r}\t{none}\t{none if r.transactions is None else r.transactions}\t{source}\n"
+                            for _, r in batch.extra).encode()
+        return text
+
+
+def _numbers(values: Any, plain: np.ndarray, kind: Any) -> np.ndarray:
+    """`values` (text) as numbers where `plain`, 0 elsewhere."""
+    if not plain.all():
+        values = pc.if_else(pa.array(plain), values, pa.scalar(b"0", pa.binary()))
+    return pc.cast(values, kind).to_numpy(zero_copy_only=False)
+
+
+def concatenated(values: Any) -> bytes:
+    """The bytes of a binary array's values, back to back."""
+    offsets = np.frombuffer(values.buffers()[1], dtype=np.int32, count=len(values) + 1, offset=values.offset * 4)
+    return memoryview(values.buffers()[2])[offsets[0]:offsets[-1]].tobytes()
 
 
 class BarTap(Protocol):
@@ -313,38 +514,45 @@ class BarTap(Protocol):
 class DayFileRows:
     """A day file's valid rows in the shapes storage takes (chronox.store.DayRows).
 
-    `copy_lines()` is the fast path: COPY lines rendered in the parsing loop. With a tap
-    (kafka-first publishing) every row is reported as it streams into storage.
+    `copy_lines()` is the fast path: COPY text rendered by Arrow a block of rows at a time.
+    With a tap (kafka-first publishing) every row is reported as it streams into storage;
+    `watch` sees each batch of rows as it goes by (chronox.day_rollups rolls them up).
     """
 
-    def __init__(self, reader: DayFileReader, source: str, tap: BarTap | None = None):
+    def __init__(self, reader: DayFileReader, source: str, tap: BarTap | None = None,
+                 watch: Callable[[DayBatch], None] | None = None):
         self.reader = reader
         self.source = source
         self._tap = tap
+        self._watch = watch
 
     def tapped(self, tap: BarTap) -> DayFileRows:
-        return DayFileRows(self.reader, self.source, tap)
+        return DayFileRows(self.reader, self.source, tap, self._watch)
 
-    def _rows(self) -> Iterator[FlatRow]:
-        tap, iso = self._tap, self.reader.minute_iso
-        for r in self.reader:
-            if tap is not None:
+    def _report(self, rows: list[FlatRow]) -> None:
+        if self._tap is not None:
+            tap, iso = self._tap, self.reader.minute_iso
+            for r in rows:
                 tap(r.symbol, iso[r.minute], r.open, r.high, r.low, r.close, r.volume)
-            yield r
 
-    def copy_lines(self) -> Iterator[str]:
-        if self._tap is None:
-            yield from self.reader.copy_lines(self.source)
-            return
-        iso, source = self.reader.minute_iso, self.source
-        for r in self._rows():
-            n = "\\N" if r.transactions is None else r.transactions
-            yield (f"{r.symbol}\t{iso[r.minute]}\t{r.open!r}\t{r.high!r}\t{r.low!r}\t"
-                   f"{r.close!r}\t{r.volume!r}\t\\N\t{n}\t{source}\n")
+    def copy_lines(self) -> Iterator[bytes]:
+        """COPY text, a block of whole lines at a time."""
+        reader = self.reader
+        for batch in reader.batches():
+            if self._watch is not None:
+                self._watch(batch)
+            if self._tap is not None:
+                self._report(reader.rows(batch))
+            yield reader.copy_text(batch, self.source)
 
     def records(self) -> Iterator[dict[str, Any]]:
         times = self.reader.minute_times
-        for r in self._rows():
-            yield {"symbol": r.symbol, "ts": times[r.minute], "open": r.open, "high": r.high, "low": r.low,
-                   "close": r.close, "volume": r.volume, "vwap": None, "transactions": r.transactions,
-                   "source": self.source}
+        for batch in self.reader.batches():
+            if self._watch is not None:
+                self._watch(batch)
+            rows = self.reader.rows(batch)
+            self._report(rows)
+            for r in rows:
+                yield {"symbol": r.symbol, "ts": times[r.minute], "open": r.open, "high": r.high, "low": r.low,
+                       "close": r.close, "volume": r.volume, "vwap": None, "transactions": r.transactions,
+                       "source": self.source}

@@ -19,16 +19,17 @@ from typing import Any, NamedTuple
 
 from sqlalchemy import Engine
 
-from chronox import registry
+from chronox import metrics, registry, rollups
 from chronox.bars import UTC, Bar, QuarantinedRow
-from chronox.delivery import Delivery
+from chronox.delivery import STOCKS_FROM_POLYGON, Delivery
 from chronox.settings import Settings
-from chronox.sources.websocket import am_to_bar, backoff_delay
+from chronox.sources.websocket import am_to_bar, backoff_delay, xa_to_bar
 from chronox.store import TIMEFRAME, quarantine_rows, upsert_bars
 
 log = logging.getLogger(__name__)
 
 ORIGIN = "polygon-ws"
+CRYPTO_ORIGIN = "polygon-crypto-ws"
 SHUTDOWN_WRITE_ATTEMPTS = 3
 
 
@@ -59,6 +60,7 @@ class StreamStats:
 class BadFrame(NamedTuple):
     raw: str
     reason: str
+    origin: str = ORIGIN
 
 
 class Backlog:
@@ -120,6 +122,9 @@ class BarWriter:
         self._settings = settings
         self._engine = engine
         self._delivery = Delivery(settings, engine)
+        # symbol -> (market, provider) of what the process subscribed: what envelopes name.
+        # Replaced whole by the registry follower, never changed in place.
+        self.origins: dict[str, tuple[str, str]] = {}
         self._backlog = backlog
         self._stats = stats
         self._seen: set[str] = set()
@@ -189,12 +194,22 @@ class BarWriter:
                 self._abort.wait(delay)
 
     def _publish(self, bars: list[Bar], bad: list[QuarantinedRow]) -> None:
-        self._stats.published += self._delivery.publish_bars(bars, TIMEFRAME, kind="stream")
+        origins = self.origins
+        groups: dict[tuple[str, str], list[Bar]] = {}
+        for bar in bars:
+            groups.setdefault(origins.get(bar.symbol, STOCKS_FROM_POLYGON), []).append(bar)
+        for origin, group in groups.items():
+            self._stats.published += self._delivery.publish_bars(group, TIMEFRAME, kind="stream", origin=origin)
 
     def _store(self, bars: list[Bar], bad: list[QuarantinedRow]) -> None:
         with self._engine.begin() as conn:
             upsert_bars(conn, bars)
+            if bars:
+                times = [b.ts for b in bars]
+                rollups.refresh(conn, sorted({b.symbol for b in bars}), rollups.hour_floor(min(times)),
+                                rollups.hour_floor(max(times)) + rollups.HOUR)
             quarantine_rows(conn, bad)
+        metrics.stream_stored("polygon", (b.ts for b in bars))
         self._stats.written += len(bars)
         self._stats.quarantined += len(bad)
 
@@ -210,17 +225,31 @@ class BarWriter:
             log.warning("could not stamp last_stream for %d symbol(s): %s", len(symbols), exc)
 
 
+# Event shape -> (converter, quarantine origin, the field naming the symbol).
+CONVERTERS: dict[str, tuple[Callable[[Any], Bar], str, str]] = {
+    "XA": (xa_to_bar, CRYPTO_ORIGIN, "pair"),
+}
+
+
 def _validated(events: Sequence[Any]) -> tuple[list[Bar], list[QuarantinedRow]]:
+    """Bars of the backlog's events: Polygon's AM (stocks) and XA (crypto) events, bars a
+    feed decoded already (Binance's closed klines), and bad frames for the quarantine."""
     bars: list[Bar] = []
     bad: list[QuarantinedRow] = []
     for event in events:
-        if isinstance(event, BadFrame):
-            bad.append(QuarantinedRow(ORIGIN, None, event.raw, event.reason))
+        if isinstance(event, Bar):
+            bars.append(event)
             continue
+        if isinstance(event, BadFrame):
+            bad.append(QuarantinedRow(event.origin, None, event.raw, event.reason))
+            continue
+        kind = event.get("ev") if isinstance(event, dict) else None
+        convert, origin, key = CONVERTERS.get(kind, (am_to_bar, ORIGIN, "sym")) if isinstance(kind, str) \
+            else (am_to_bar, ORIGIN, "sym")
         try:
-            bars.append(am_to_bar(event))
+            bars.append(convert(event))
         except ValueError as exc:
-            symbol = event.get("sym") if isinstance(event, dict) else None
-            bad.append(QuarantinedRow(ORIGIN, str(symbol)[:32] if symbol is not None else None,
+            symbol = event.get(key) if isinstance(event, dict) else None
+            bad.append(QuarantinedRow(origin, str(symbol)[:32] if symbol is not None else None,
                                       json.dumps(event)[:2000], str(exc)))
     return bars, bad
