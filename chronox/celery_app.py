@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 from celery import Celery
-from celery.signals import worker_process_init
+from celery.signals import beat_init, celeryd_after_setup, worker_process_init
 
 from chronox.settings import Settings
 from chronox.tasks.config import celery_config
+from chronox.tasks.observability import install as install_observability
 
 app = Celery("chronox")
 app.config_from_object("celeryconfig")
+install_observability(app)  # /metrics, /healthz and /readyz of workers and beat
 
 
 def make_client(settings: Settings) -> Celery:
@@ -25,3 +27,14 @@ def _fresh_connections(**_kwargs: object) -> None:
     from chronox.db import dispose_engines
 
     dispose_engines()
+
+
+@celeryd_after_setup.connect  # the worker's, once its logging is set up (worker_init comes before)
+@beat_init.connect
+def _say_connections(**_kwargs: object) -> None:
+    # Once per worker or beat process (prefork children do not send these): which database,
+    # broker and Kafka it uses, and from which variables.
+    from chronox.reachability import announce
+    from chronox.settings import load_settings
+
+    announce(load_settings())

@@ -39,6 +39,8 @@ class NoteKind(StrEnum):
 
 
 REGISTRY_STATUSES = tuple(RegistryStatus)
+# Canonical symbols: stock tickers (BRK.B) and crypto pairs BASE-QUOTE (1000SATS-USDT).
+SYMBOL_LENGTH = 32
 
 
 class Base(DeclarativeBase):
@@ -54,10 +56,15 @@ def table(model: type[Base]) -> Table:
 
 class SymbolRegistry(Base):
     __tablename__ = "symbol_registry"
+    # The registry service's index (migration 0005): scans of enabled symbols by status.
+    __table_args__ = (Index("idx_symbol_registry_enabled", "enabled", "status"),)
 
-    symbol: Mapped[str] = mapped_column(String(10), primary_key=True)
+    symbol: Mapped[str] = mapped_column(String(SYMBOL_LENGTH), primary_key=True)
     strategy: Mapped[str] = mapped_column(String(64))
     timeframe: Mapped[str] = mapped_column(String(8), default="1m", server_default="1m")
+    market: Mapped[str] = mapped_column(String(16), default="stocks", server_default="stocks")
+    provider: Mapped[str] = mapped_column(String(16), default="polygon", server_default="polygon")
+    provider_symbol: Mapped[str | None] = mapped_column(String(64))  # when the provider's name cannot be derived
     enabled: Mapped[bool] = mapped_column(Boolean, default=True, server_default="1")
     last_backfill: Mapped[dt.date | None] = mapped_column(Date)
     last_snapshot: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
@@ -90,7 +97,7 @@ class Ohlcv1m(BarColumns, Base):
     __tablename__ = "ohlcv_1m"
 
     # The natural key is the primary key: idempotent writes and source precedence hinge on it.
-    symbol: Mapped[str] = mapped_column(String(10), primary_key=True)
+    symbol: Mapped[str] = mapped_column(String(SYMBOL_LENGTH), primary_key=True)
     ts: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
 
 
@@ -99,7 +106,7 @@ class Coverage(Base):
 
     __tablename__ = "coverage"
 
-    symbol: Mapped[str] = mapped_column(String(10), primary_key=True)
+    symbol: Mapped[str] = mapped_column(String(SYMBOL_LENGTH), primary_key=True)
     trading_day: Mapped[dt.date] = mapped_column(Date, primary_key=True)
     source: Mapped[str] = mapped_column(String(16), primary_key=True)
     rows: Mapped[int] = mapped_column(Integer)
@@ -129,9 +136,12 @@ class PublishOutbox(Base):
 
     __tablename__ = "publish_outbox"
 
-    symbol: Mapped[str] = mapped_column(String(10), primary_key=True)
+    symbol: Mapped[str] = mapped_column(String(SYMBOL_LENGTH), primary_key=True)
     trading_day: Mapped[dt.date] = mapped_column(Date, primary_key=True)
     source: Mapped[str] = mapped_column(String(16), primary_key=True)
+    tf: Mapped[str] = mapped_column(String(8), default="1m", server_default="1m")  # the bars published
+    market: Mapped[str] = mapped_column(String(16), default="stocks", server_default="stocks")  # its day bounds
+    provider: Mapped[str] = mapped_column(String(16), default="polygon", server_default="polygon")
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = mapped_column(
@@ -144,7 +154,7 @@ class TickerDetails(Base):
 
     __tablename__ = "ticker_details"
 
-    symbol: Mapped[str] = mapped_column(String(10), primary_key=True)
+    symbol: Mapped[str] = mapped_column(String(SYMBOL_LENGTH), primary_key=True)
     name: Mapped[str | None] = mapped_column(String(255))
     market: Mapped[str | None] = mapped_column(String(32))
     primary_exchange: Mapped[str | None] = mapped_column(String(16))
@@ -163,7 +173,7 @@ class Dividend(Base):
     __table_args__ = (Index("ix_dividends_symbol", "symbol"),)
 
     id: Mapped[str] = mapped_column(String(100), primary_key=True)  # Polygon's id
-    symbol: Mapped[str] = mapped_column(String(10))
+    symbol: Mapped[str] = mapped_column(String(SYMBOL_LENGTH))
     ex_dividend_date: Mapped[dt.date] = mapped_column(Date)
     record_date: Mapped[dt.date | None] = mapped_column(Date)
     pay_date: Mapped[dt.date | None] = mapped_column(Date)
@@ -179,10 +189,46 @@ class Split(Base):
     __table_args__ = (Index("ix_splits_symbol", "symbol"),)
 
     id: Mapped[str] = mapped_column(String(100), primary_key=True)  # Polygon's id
-    symbol: Mapped[str] = mapped_column(String(10))
+    symbol: Mapped[str] = mapped_column(String(SYMBOL_LENGTH))
     execution_date: Mapped[dt.date] = mapped_column(Date)
     split_from: Mapped[float] = mapped_column(Float)
     split_to: Mapped[float] = mapped_column(Float)
+
+
+class RollupColumns:
+    """Bars of a coarser timeframe, one per symbol and bucket (its start, UTC, on a clock boundary).
+
+    Kept current in the transaction that writes the finer bars they roll up (ohlcv_1m ->
+    ohlcv_5m -> ohlcv_15m -> ohlcv_1h), or written directly by the api phase of a symbol
+    registered at that timeframe. `bars` is the number of minute bars inside; NULL for a
+    bar a provider aggregated (its minutes were never seen).
+    """
+
+    bucket: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
+    open: Mapped[float] = mapped_column(Float)
+    high: Mapped[float] = mapped_column(Float)
+    low: Mapped[float] = mapped_column(Float)
+    close: Mapped[float] = mapped_column(Float)
+    volume: Mapped[float] = mapped_column(Float)
+    bars: Mapped[int | None] = mapped_column(Integer)
+
+
+class Ohlcv5m(RollupColumns, Base):
+    __tablename__ = "ohlcv_5m"
+
+    symbol: Mapped[str] = mapped_column(String(SYMBOL_LENGTH), primary_key=True)
+
+
+class Ohlcv15m(RollupColumns, Base):
+    __tablename__ = "ohlcv_15m"
+
+    symbol: Mapped[str] = mapped_column(String(SYMBOL_LENGTH), primary_key=True)
+
+
+class Ohlcv1h(RollupColumns, Base):
+    __tablename__ = "ohlcv_1h"
+
+    symbol: Mapped[str] = mapped_column(String(SYMBOL_LENGTH), primary_key=True)
 
 
 class Ohlcv1d(BarColumns, Base):
@@ -190,7 +236,7 @@ class Ohlcv1d(BarColumns, Base):
 
     __tablename__ = "ohlcv_1d"
 
-    symbol: Mapped[str] = mapped_column(String(10), primary_key=True)
+    symbol: Mapped[str] = mapped_column(String(SYMBOL_LENGTH), primary_key=True)
     day: Mapped[dt.date] = mapped_column(Date, primary_key=True)
 
 
@@ -199,7 +245,7 @@ class SnapshotLatest(Base):
 
     __tablename__ = "snapshot_latest"
 
-    symbol: Mapped[str] = mapped_column(String(10), primary_key=True)
+    symbol: Mapped[str] = mapped_column(String(SYMBOL_LENGTH), primary_key=True)
     ts: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))  # market time of the price
     price: Mapped[float] = mapped_column(Float)
     # Volume behind the price: the day's (snapshot), the minute's (agg) or the trade's size (rest).
@@ -207,3 +253,52 @@ class SnapshotLatest(Base):
     prev_close: Mapped[float | None] = mapped_column(Float)
     method: Mapped[str] = mapped_column(String(16))
     fetched_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+
+
+class RunStep(Base):
+    """What each step of a symbol's latest run did (ok, skipped, error) and its figures.
+
+    Cleared when a run begins; the completion event's `results` are read from it, and a
+    run of symbols that are not in the registry (ad-hoc runs) keeps its status here.
+    """
+
+    __tablename__ = "run_steps"
+
+    symbol: Mapped[str] = mapped_column(String(32), primary_key=True)
+    step: Mapped[str] = mapped_column(String(32), primary_key=True)
+    outcome: Mapped[str] = mapped_column(String(16))  # ok | skipped | error
+    detail: Mapped[str | None] = mapped_column(Text)  # JSON: the step's figures, or the message
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class SinkState(Base):
+    """What a sink (the Parquet lake, the feature store) holds of a symbol-day: the rows and
+    the digest of the committed data it wrote, so an unchanged symbol-day is not rewritten."""
+
+    __tablename__ = "sink_state"
+
+    symbol: Mapped[str] = mapped_column(String(32), primary_key=True)
+    day: Mapped[dt.date] = mapped_column(Date, primary_key=True)
+    sink: Mapped[str] = mapped_column(String(16), primary_key=True)
+    rows: Mapped[int] = mapped_column(Integer)
+    digest: Mapped[str] = mapped_column(String(64))
+    written_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+
+
+class News(Base):
+    """News articles (Polygon ticker news, RSS/Atom feeds), one row per article: the id is the
+    provider's, and the URL is unique too, so an article met twice is stored once."""
+
+    __tablename__ = "news"
+    __table_args__ = (Index("ix_news_published_utc", "published_utc"),
+                      Index("ux_news_url", "url", unique=True))
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    published_utc: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    source: Mapped[str] = mapped_column(String(64))  # polygon, or feed:<host>
+    title: Mapped[str] = mapped_column(Text)
+    url: Mapped[str | None] = mapped_column(String(2048))
+    tickers: Mapped[str] = mapped_column(Text)  # JSON list
+    description: Mapped[str | None] = mapped_column(Text)
+    sentiment: Mapped[str | None] = mapped_column(Text)  # JSON {ticker: positive|negative|neutral}
+    raw: Mapped[str] = mapped_column(Text)  # the whole record as received, JSON

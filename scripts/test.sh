@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh machine: installs ChronoX with its test
-# dependencies into .venv, starts PostgreSQL and Redis when they are not running,
-# then runs pytest. Extra arguments go to pytest.
+# dependencies into .venv, checks lint and import order (ruff) and types (mypy),
+# starts PostgreSQL and Redis when they are not running, then runs pytest.
+# Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -46,7 +47,21 @@ ensure_redis() {
     echo "Redis did not start" >&2; exit 1
 }
 
+ensure_prometheus() {
+    # promtool checks the alert rules; the server scrapes ChronoX in an end-to-end test.
+    if command -v promtool >/dev/null && command -v prometheus >/dev/null; then return; fi
+    echo "installing prometheus"
+    as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -qq --no-install-recommends prometheus
+}
+
+echo "ruff: lint and import order"
+.venv/bin/ruff check --no-cache .
+echo "mypy: types"
+.venv/bin/mypy
+
 ensure_postgres
 ensure_redis
+ensure_prometheus
 
 exec .venv/bin/python -m pytest "$@"

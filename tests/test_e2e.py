@@ -5,7 +5,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -14,18 +13,7 @@ from chronox.db import get_engine
 from chronox.rest import SKIP_WARNING
 from chronox.sources.flatfiles import relative_path
 from tests.conftest import DAYS
-from tests.helpers import count, rows_by_symbol_day, write_days
-
-
-def wait_for_status(url, symbols, timeout=120):
-    engine = get_engine(url)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        states = registry.status_of(engine, symbols)
-        if all(s in ("completed", "error") for s in states.values()):
-            return states
-        time.sleep(0.3)
-    raise AssertionError(f"symbols not finished in {timeout}s: {registry.status_of(engine, symbols)}")
+from tests.helpers import count, rows_by_symbol_day, wait_for_statuses, write_days
 
 
 def add_bad_row(root, day, symbol):
@@ -69,7 +57,7 @@ def test_registry_execute_on_real_workers_from_a_local_directory(pg_url, flatfil
     plan = result.get(timeout=60)
     assert sorted(s["symbol"] for s in plan["symbols"]) == symbols
     assert list(plan["days"]) == [d.isoformat() for d in DAYS]
-    assert wait_for_status(pg_url, symbols) == {"E2A": "completed", "E2B": "completed"}
+    assert wait_for_statuses(pg_url, symbols) == {"E2A": "completed", "E2B": "completed"}
     assert_end_state(pg_url, kafka, symbols, expected, quarantined=1)
     assert registry.get_symbol(engine, "E2OFF").status == "idle"
 
@@ -114,7 +102,7 @@ def test_backfill_through_celery_call_from_s3(pg_url, s3_flatfiles, kafka, start
         capture_output=True, text=True, timeout=60, env=dict(os.environ))
     assert proc.returncode == 0, proc.stderr
     task_id = proc.stdout.strip()
-    assert wait_for_status(pg_url, symbols) == {"S3A": "completed"}, worker.log()
+    assert wait_for_statuses(pg_url, symbols) == {"S3A": "completed"}, worker.log()
     assert_end_state(pg_url, kafka, symbols, expected, quarantined=0)
     result = celery_client.AsyncResult(task_id).get(timeout=30)
     assert result["days"] == {d.isoformat(): ["S3A"] for d in DAYS}

@@ -10,14 +10,14 @@ import redis
 from sqlalchemy import text
 
 from chronox import registry
-from chronox.backfill import plan_run, run_summary
+from chronox.backfill import plan_run
+from chronox.completion import run_summary
 from chronox.db import get_engine
 from chronox.rest import SKIP_WARNING
 from chronox.runner import inline_steps, run_inline
 from chronox.settings import load_settings
 from chronox.snapshot import refresh
-from tests.helpers import count, rows_by_symbol_day, write_days
-from tests.rest_support import KEY, polygon, polygon_daily_bar, rest_db, rest_pg  # noqa: F401
+from tests.helpers import KEY, count, polygon_daily_bar, rows_by_symbol_day, write_days
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -50,13 +50,14 @@ def test_flatpack_loads_reference_actions_and_daily_bars_before_minute_bars(rest
     polygon.add_splits(symbol, [{"execution_date": "2020-08-31", "split_from": 1, "split_to": 4}])
     polygon.add_daily_bars(symbol, [polygon_daily_bar(d, symbol) for d in DAYS])
     registry.add_symbol(get_engine(rest_db), symbol, "flatpack")
-    for attempt in range(2):  # a rerun leaves the same rows
+    for _ in range(2):  # a rerun leaves the same rows
         results = run([symbol])
         assert not [r for r in results if isinstance(r, dict) and r.get("error")], results
         [details] = rows(rest_db, "SELECT name, primary_exchange, list_date, raw FROM ticker_details")
         assert details[:3] == ("Reference Corp.", "XNYS", details[2]) and as_date(details[2]) == D(1999, 3, 10)
         assert json.loads(details[3])["sic_code"] == "3571"
-        dividends = sorted((as_date(d), a) for d, a in rows(rest_db, "SELECT ex_dividend_date, cash_amount FROM dividends"))
+        dividends = sorted((as_date(d), a)
+                           for d, a in rows(rest_db, "SELECT ex_dividend_date, cash_amount FROM dividends"))
         assert dividends == [(D(2023, 8, 11), 0.24), (D(2023, 11, 10), 0.24)]
         assert rows(rest_db, "SELECT symbol, split_from, split_to FROM splits") == [(symbol, 1.0, 4.0)]
         daily = rows(rest_db, "SELECT day, open, close, volume, source FROM ohlcv_1d ORDER BY day")
@@ -65,7 +66,8 @@ def test_flatpack_loads_reference_actions_and_daily_bars_before_minute_bars(rest
     assert rows_by_symbol_day(rest_db) == {(symbol, d.isoformat()): flat[(symbol, d)] for d in DAYS}
     row = registry.get_symbol(get_engine(rest_db), symbol)
     assert (row.status, row.error_message) == ("completed", None)
-    daily_events = [e for e in kafka.json_messages(f"chronox.backfill.{symbol}", timeout_ms=1500) if e.get("tf") == "1d"]
+    daily_events = [e for e in kafka.json_messages(f"chronox.backfill.{symbol}", timeout_ms=1500)
+                    if e.get("tf") == "1d"]
     assert len(daily_events) == 2 * len(DAYS)  # each run publishes its bars
     assert daily_events[0]["dedup_key"] == f"{symbol}|1d|2024-01-02T05:00:00Z"
 
@@ -192,7 +194,8 @@ def test_permanent_errors_fail_with_a_clear_message_on_the_registry(rest_db, fla
     registry.add_symbol(engine, "PERMB", "flatpack+api")
     polygon.inject("/v2/aggs/ticker/PERMB/range/1/minute", "malformed")
     results = run(["PERMA", "PERMB"], DAYS[0], DAYS[1])
-    errors = {r["task"] if "task" in r else "soft": r["error"] for r in results if isinstance(r, dict) and r.get("error")}
+    errors = {r["task"] if "task" in r else "soft": r["error"]
+              for r in results if isinstance(r, dict) and r.get("error")}
     assert set(errors) == {"soft", "chronox.rest.api_gaps"}
     a, b = registry.get_symbol(engine, "PERMA"), registry.get_symbol(engine, "PERMB")
     assert a.status == "error" and a.error_message.startswith(
@@ -204,3 +207,58 @@ def test_permanent_errors_fail_with_a_clear_message_on_the_registry(rest_db, fla
     # the shared day load went on for both symbols
     assert rows_by_symbol_day(rest_db) == {(s, DAYS[0].isoformat()): flat[(s, DAYS[0])] for s in ("PERMA", "PERMB")}
     assert KEY not in json.dumps(results) + a.error_message + b.error_message
+
+
+def test_documented_polygon_answers_are_stored(rest_db, flatfiles, polygon):
+    """Polygon's documented examples, served as published (dividends and splits without `id`,
+    as in its docs until 2024): every row stored, and a rerun keeps the same rows and ids."""
+    from chronox.testing import polygon_examples as ex
+
+    days = [D(2020, 1, 2), D(2020, 1, 3)]
+    write_days(flatfiles, days, ["AAPL"])
+    polygon.set_ticker_details("AAPL", ex.TICKER_DETAILS["results"])
+    polygon.add_dividends("AAPL", ex.DIVIDENDS_2022["results"], assign_ids=False)
+    polygon.add_splits("AAPL", ex.SPLITS_2022["results"], assign_ids=False)
+    polygon.add_daily_bars("AAPL", ex.AGGS["results"])
+    engine = get_engine(rest_db)
+    registry.add_symbol(engine, "AAPL", "flatpack")
+    stored = []
+    for _ in range(2):
+        results = run(["AAPL"], days[0], days[-1])
+        assert not [r for r in results if isinstance(r, dict) and r.get("error")], results
+        dividends = sorted((r[0], *map(as_date, r[1:5]), *r[5:]) for r in
+                           rows(rest_db, "SELECT id, ex_dividend_date, record_date, pay_date, declaration_date, "
+                                         "cash_amount, currency, frequency, dividend_type FROM dividends"))
+        splits = sorted((i, as_date(e), f, t) for i, e, f, t in
+                        rows(rest_db, "SELECT id, execution_date, split_from, split_to FROM splits"))
+        stored.append((dividends, splits))
+    assert stored[0] == stored[1]
+    assert sorted(d[1:] for d in dividends) == [
+        (D(2021, 8, 6), D(2021, 8, 9), D(2021, 8, 12), D(2021, 7, 27), 0.22, None, 4, "CD"),
+        (D(2021, 11, 5), D(2021, 11, 8), D(2021, 11, 11), D(2021, 10, 28), 0.22, None, 4, "CD")]
+    assert sorted(s[1:] for s in splits) == [(D(2005, 2, 28), 1.0, 2.0), (D(2020, 8, 31), 1.0, 4.0)]
+    [details] = rows(rest_db, "SELECT name, market, primary_exchange, type, active, currency, list_date "
+                              "FROM ticker_details WHERE symbol = 'AAPL'")
+    assert details[:4] + (bool(details[4]), details[5], as_date(details[6])) == \
+        ("Apple Inc.", "stocks", "XNAS", "CS", True, "usd", D(1980, 12, 12))
+    daily = rows(rest_db, "SELECT day, open, high, low, close, volume, vwap, transactions FROM ohlcv_1d "
+                          "WHERE symbol = 'AAPL' ORDER BY day")
+    assert [(as_date(d), *rest) for d, *rest in daily] == [
+        (D(2020, 1, 2), 74.06, 75.15, 73.7975, 75.0875, 135647456.0, 74.6099, 1),
+        (D(2020, 1, 3), 74.2875, 75.145, 74.125, 74.3575, 146535512.0, 74.7026, 1)]
+    # the documented all-tickers snapshot and last trade
+    registry.add_symbol(engine, "BCAT", "snapshot")
+    polygon.set_snapshot_record(ex.SNAPSHOT_2022["tickers"][0])
+    polygon.set_last_trade_record("AAPL", ex.LAST_TRADE["results"])
+    assert refresh(load_settings(), ["BCAT"], "snapshot")["stored"] == 1
+    assert refresh(load_settings(), ["AAPL"], "rest")["stored"] == 1
+    snapshots = {s: (as_utc(ts), price, volume, prev_close, method) for s, ts, price, volume, prev_close, method in
+                 rows(rest_db, "SELECT symbol, ts, price, volume, prev_close, method FROM snapshot_latest")}
+    assert snapshots == {
+        "BCAT": (dt.datetime(2020, 11, 12, 14, 54, 54, 630916, tzinfo=dt.UTC), 20.506, 37216.0, 20.63, "snapshot"),
+        "AAPL": (dt.datetime(2021, 4, 8, 17, 2, 22, 969834, tzinfo=dt.UTC), 129.8473, 25.0, None, "rest")}
+
+
+def as_utc(value):
+    moment = value if isinstance(value, dt.datetime) else dt.datetime.fromisoformat(value)
+    return moment.replace(tzinfo=dt.UTC) if moment.tzinfo is None else moment.astimezone(dt.UTC)

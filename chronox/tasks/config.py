@@ -9,8 +9,10 @@ from celery.schedules import crontab
 from kombu import Exchange, Queue
 
 from chronox.settings import Settings
+from chronox.tasks.beat import etl_realtime_entries
 
-QUEUES = ("chronox.control", "chronox.flatfiles", "chronox.rest", "chronox.publish")
+QUEUES = ("chronox.control", "chronox.flatfiles", "chronox.rest", "chronox.publish", "chronox.sinks",
+          "chronox.realtime")
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -55,10 +57,59 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "chronox.phase.stream": {"queue": "chronox.control", "routing_key": "chronox.control"},
             "chronox.stream.*": {"queue": "chronox.control", "routing_key": "chronox.control"},
             "chronox.schedule.*": {"queue": "chronox.control", "routing_key": "chronox.control"},
+            # The minute and 10-minute refreshes: a queue of their own, so their workers scale apart.
+            "chronox.realtime.*": {"queue": "chronox.realtime", "routing_key": "chronox.realtime"},
+            # Sinks copy committed rows to the lake and Redis; sending them is quick bookkeeping.
+            "chronox.sink.stream_day": {"queue": "chronox.control", "routing_key": "chronox.control"},
+            "chronox.sink.*": {"queue": "chronox.sinks", "routing_key": "chronox.sinks"},
+            "chronox.features.*": {"queue": "chronox.sinks", "routing_key": "chronox.sinks"},
+            "chronox.news.*": {"queue": "chronox.rest", "routing_key": "chronox.rest"},
         },
-        "imports": ("chronox.tasks.backfill", "chronox.tasks.rest", "chronox.tasks.stream", "chronox.tasks.schedule"),
+        "imports": ("chronox.tasks.backfill", "chronox.tasks.rest", "chronox.tasks.stream", "chronox.tasks.schedule",
+                    "chronox.tasks.sinks", "chronox.tasks.news", "chronox.tasks.etl", "chronox.tasks.realtime",
+                    "chronox.tasks.retention"),
         "beat_schedule": _beat_schedule(settings),
     }
+
+
+# The registry service's job ids -> beat jobs: `chronox schedule trigger` takes either name.
+JOB_ALIASES: dict[str, str] = {"nightly_gap_detection": "nightly_gap_scan"}
+
+
+def job_name(name: str) -> str:
+    """The beat job `name` stands for (itself unless it is an old id)."""
+    return JOB_ALIASES.get(name, name)
+
+
+def job_aliases(job: str) -> list[str]:
+    """The old ids that stand for `job`."""
+    return sorted(alias for alias, target in JOB_ALIASES.items() if target == job)
+
+
+def _data_jobs(settings: Settings) -> dict[str, dict[str, Any]]:
+    """Beat jobs of the lake, the feature store, news and tick retention, each only when what it serves is on."""
+    jobs: dict[str, dict[str, Any]] = {}
+    if settings.lake_url or settings.feature_store:
+        minute, hour, day_of_month, month, day_of_week = settings.sink_day_cron.split()
+        jobs["sink_stream_day"] = {
+            "task": "chronox.sink.stream_day",
+            "schedule": crontab(minute=minute, hour=hour, day_of_month=day_of_month,
+                                month_of_year=month, day_of_week=day_of_week),
+            "options": {"queue": "chronox.control", "expires": 23 * 3600},
+        }
+    if settings.feature_store:
+        every = settings.feature_sweep_minutes * 60
+        jobs["feature_ttl_sweep"] = {"task": "chronox.features.ttl_sweep", "schedule": every,
+                                     "options": {"queue": "chronox.sinks", "expires": every}}
+    if settings.news_feeds:
+        every = settings.news_feed_minutes * 60
+        jobs["news_feeds"] = {"task": "chronox.news.feeds", "schedule": every,
+                              "options": {"queue": "chronox.rest", "expires": every}}
+    if settings.tick_retention_days:
+        # Expired tick partitions (chronox.partitions), once a day in the quiet hours.
+        jobs["tick_retention"] = {"task": "chronox.schedule.tick_retention", "schedule": crontab(minute=15, hour=3),
+                                  "options": {"queue": "chronox.control", "expires": 23 * 3600}}
+    return jobs
 
 
 def _beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
@@ -68,7 +119,7 @@ def _beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
         return {}
     minute, hour, day_of_month, month, day_of_week = settings.gap_scan_cron.split()
     snapshot_every = settings.snapshot_interval_minutes * 60
-    return {
+    return _data_jobs(settings) | etl_realtime_entries(settings) | {
         "nightly_gap_scan": {
             "task": "chronox.schedule.nightly_gap_scan",
             "schedule": crontab(minute=minute, hour=hour, day_of_month=day_of_month,

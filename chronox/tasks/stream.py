@@ -15,10 +15,10 @@ from chronox.tasks.workflow import send_backfill
 
 
 @app.task(name="chronox.phase.stream", base=ChronoxTask)
-def stream_phase(symbol: str, start: str | None = None, end: str | None = None,
+def stream_phase(symbol: str, start: str | None = None, end: str | None = None, strategy: str | None = None,
                  options: dict[str, Any] | None = None) -> dict[str, Any]:
     # start/end come with every phase step of a chain; activation does not need them.
-    return activate(run_settings(options), symbol)
+    return activate(run_settings(options), symbol, strategy)
 
 
 @app.task(name="chronox.stream.monitor", base=ChronoxTask)

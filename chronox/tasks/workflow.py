@@ -23,8 +23,10 @@ from celery import chain, chord, group, signature
 from celery.canvas import Signature, _chain
 
 from chronox import backfill
+from chronox.markets import Instrument, Market, ProviderId
 from chronox.providers import provider_configured
 from chronox.settings import load_settings, run_settings
+from chronox.sources.flatfiles import US_STOCKS
 
 BACKFILL = "chronox.backfill"
 BEGIN = "chronox.phase.begin"
@@ -41,21 +43,34 @@ SYMBOL_PREPARE_TASKS: dict[str, list[str]] = {
 # Phase -> task run in a symbol's chain after the shared day loads, in phase order.
 # "flatpack" minute bars are the shared day loads themselves.
 SYMBOL_PHASE_TASKS: dict[str, str] = {"api": "chronox.rest.api_gaps", "snapshot": "chronox.rest.snapshot",
-                                      "stream": "chronox.phase.stream"}
+                                      "stream": "chronox.phase.stream", "news": "chronox.rest.news"}
 # Phases whose tasks talk to a provider's REST API.
-REST_PHASES = frozenset({"api", "snapshot"} | set(SYMBOL_PREPARE_TASKS))
+REST_PHASES = frozenset({"api", "snapshot", "news"} | set(SYMBOL_PREPARE_TASKS))
+# Task -> the step it records in run_steps (the completion event's `results` keys).
+STEP_OF_TASK = {"chronox.rest.reference": "reference", "chronox.rest.corporate_actions": "corporate_actions",
+                "chronox.rest.daily_bars": "daily_bars", "chronox.rest.api_gaps": "api",
+                "chronox.rest.api_window": "api", "chronox.rest.snapshot": "snapshot", FLATPACK_DAY: "minute_bars",
+                "chronox.phase.stream": "stream", "chronox.rest.news": "news"}
 # Symbols whose chain would be finalize alone are finalized this many to a task: a task
 # costs a worker several milliseconds of messaging, a finalize about five of real work.
 FINALIZE_BATCH = 25
 
 
+def step_of_task(name: str) -> str:
+    return STEP_OF_TASK.get(name, name)
+
+
 def planned(symbols: list[str] | None = None, start: str | None = None, end: str | None = None,
             strategy: str | None = None, no_stream: bool = False, timeframe: str | None = None,
-            options: dict[str, Any] | None = None) -> backfill.RunPlan:
-    """The plan of a request with the kwargs of chronox.registry.execute."""
+            options: dict[str, Any] | None = None, range: str | None = None, market: str | None = None,
+            provider: str | None = None, provider_symbol: str | None = None) -> backfill.RunPlan:
+    """The plan of a request with the kwargs of chronox.registry.execute (`range`: a preset
+    such as 1Y standing for its start day; `market` keeps one market's symbols and, with
+    `provider` and `provider_symbol`, says what unregistered symbols are)."""
     return backfill.plan_run(load_settings(), symbols=symbols, start=start, end=end, strategy=strategy,
                              skip_phases=("stream",) if no_stream else (), timeframe=timeframe,
-                             options=options)
+                             options=options, range_=range, market=market, provider=provider,
+                             provider_symbol=provider_symbol)
 
 
 def execute(**request: Any) -> dict[str, Any]:
@@ -71,6 +86,13 @@ def send_backfill(symbol: str, start: str, end: str, strategy: str | None = None
     signature(BACKFILL, args=[symbol], kwargs=kwargs).apply_async()
 
 
+def send_execution(symbols: list[str], start: str, end: str) -> None:
+    """Queue `chronox.registry.execute` for `symbols` over start..end, stream phase left out
+    (the ETL beat jobs' runs: their symbols are activated by their own runs)."""
+    signature("chronox.registry.execute", kwargs={"symbols": symbols, "start": start, "end": end,
+                                                  "no_stream": True}).apply_async()
+
+
 def rest_available(options: dict[str, Any]) -> bool:
     return provider_configured(run_settings(options))
 
@@ -82,25 +104,54 @@ def with_options(kwargs: dict[str, Any], options: dict[str, Any] | None) -> dict
 
 def _step(name: str, spec: dict[str, Any], options: dict[str, Any], **extra: Any) -> Signature:
     kwargs = {"symbol": spec["symbol"], "start": spec["start"], "end": spec["end"], **extra}
+    if name in TAKES_INSTRUMENT:
+        kwargs.update(_instrument(spec).as_kwargs())
+    if name in TAKES_STRATEGY:
+        kwargs["strategy"] = "+".join(spec["phases"])
+    if name in TAKES_TIMEFRAME and spec.get("timeframe", "1m") != "1m":
+        kwargs["timeframe"] = spec["timeframe"]
     return signature(name, kwargs=with_options(kwargs, options), immutable=True)
 
 
+# Steps whose events name the run's strategy (the registry service's `strategy` field).
+TAKES_STRATEGY = frozenset({"chronox.rest.snapshot", "chronox.phase.stream", FINALIZE})
+# Steps that ask the symbol's provider (market, provider, provider_symbol passed unless a US stock from Polygon).
+TAKES_INSTRUMENT = frozenset({*SYMBOL_PREPARE_TASKS["flatpack"], "chronox.rest.api_gaps", "chronox.rest.snapshot",
+                              FINALIZE})
+# Steps whose work depends on the symbol's timeframe (passed when it is not 1m).
+TAKES_TIMEFRAME = frozenset({"chronox.rest.api_gaps"})
+
+
+def _instrument(spec: dict[str, Any]) -> Instrument:
+    return Instrument(spec["symbol"], Market(spec.get("market", Market.STOCKS)),
+                      ProviderId(spec.get("provider", ProviderId.POLYGON)), spec.get("provider_symbol"))
+
+
+def _rest_for(spec: dict[str, Any], with_rest: bool) -> bool:
+    """`with_rest` says whether Polygon's REST steps can run (a key or the replay
+    provider); Binance and CoinGecko answer without a key."""
+    return with_rest or _instrument(spec).provider != ProviderId.POLYGON
+
+
 def symbol_chain(spec: dict[str, Any], options: dict[str, Any], with_rest: bool = True) -> list[Signature]:
-    steps = [_step(SYMBOL_PHASE_TASKS[p], spec, options) for p in spec["phases"]
+    with_rest = _rest_for(spec, with_rest)
+    names = [SYMBOL_PHASE_TASKS[p] for p in spec["phases"]
              if p in SYMBOL_PHASE_TASKS and (with_rest or p not in REST_PHASES)]
+    steps = [_step(name, spec, options) for name in names]
     steps.append(_step(FINALIZE, spec, options, days=spec["days"]))
     return steps
 
 
 def prepare_chain(spec: dict[str, Any], options: dict[str, Any], with_rest: bool = True) -> list[Signature]:
-    if not with_rest:
+    if not _rest_for(spec, with_rest):
         return []
     return [_step(name, spec, options) for p in spec["phases"] for name in SYMBOL_PREPARE_TASKS.get(p, ())]
 
 
 def rest_skipped(plan: backfill.RunPlan, with_rest: bool) -> list[str]:
     """Symbols whose phases have REST steps that this run leaves out."""
-    return [] if with_rest else [s.symbol for s in plan.symbols if REST_PHASES & set(s.phases)]
+    return [s.symbol for s in plan.symbols
+            if REST_PHASES & set(s.phases) and not _rest_for(s.as_dict(), with_rest)]
 
 
 def compact_specs(specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -141,7 +192,10 @@ def tail_signatures(spec_groups: list[dict[str, Any]], options: dict[str, Any],
             if len(batch) == 1:
                 tails.extend(batch)
             else:
-                window = {"start": shape["start"], "end": shape["end"], "days": shape["days"]}
+                window = {"start": shape["start"], "end": shape["end"], "days": shape["days"],
+                          "strategy": "+".join(shape["phases"]),
+                          **{k: v for k, v in _instrument({**shape, "symbol": ""}).as_kwargs().items()
+                             if k != "provider_symbol"}}
                 tails.append(signature(FINALIZE_BATCH_TASK, immutable=True, kwargs=with_options(
                     {"symbols": [step.kwargs["symbol"] for step in batch], **window}, options)))
     return tails
@@ -165,10 +219,12 @@ def build_stages(plan: backfill.RunPlan) -> tuple[Signature, list[Signature], li
     with_rest = rest_available(plan.options)
     symbols = [s.symbol for s in plan.symbols]
     specs = [s.as_dict() for s in plan.symbols]
+    coarse = {s.symbol: s.timeframe for s in plan.symbols if s.timeframe != "1m"}
     header: list[Signature] = [
         signature(FLATPACK_DAY, immutable=True,
-                  kwargs=with_options({"day": day, "symbols": day_symbols}, plan.options))
-        for day, day_symbols in plan.days.items()]
+                  kwargs=with_options({"day": day, "symbols": day_symbols, **_timeframes(day_symbols, coarse),
+                                       **({} if dataset == US_STOCKS else {"dataset": dataset})}, plan.options))
+        for dataset, days in plan.day_files.items() for day, day_symbols in days.items()]
     for spec in specs:
         steps = prepare_chain(spec, plan.options, with_rest)
         if steps:
@@ -176,6 +232,12 @@ def build_stages(plan: backfill.RunPlan) -> tuple[Signature, list[Signature], li
     skipped = rest_skipped(plan, with_rest)
     begin_kwargs: dict[str, Any] = {"symbols": symbols, **({"rest_skipped": skipped} if skipped else {})}
     return signature(BEGIN, kwargs=begin_kwargs, immutable=True), header, specs
+
+
+def _timeframes(symbols: list[str], coarse: dict[str, str]) -> dict[str, Any]:
+    """The `timeframes` kwarg of a day load: only symbols not at 1m, and only when there are any."""
+    named = {s: coarse[s] for s in symbols if s in coarse}
+    return {"timeframes": named} if named else {}
 
 
 def dispatch(plan: backfill.RunPlan) -> str | None:
