@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from chronox import metrics, partitions, ranges, registry, rollups, store
+from chronox import metrics, partitions, ranges, registry, rollups, store, ticks
 from chronox.bars import QuarantinedRow
 from chronox.calendar import calendar_for, market_day
 from chronox.completion import FLATPACK, REST_SKIPPED_STEP, record_failure
@@ -200,6 +200,12 @@ def plan_run(settings: Settings, symbols: Sequence[str] | None = None,
         if dataset != US_STOCKS:  # other datasets' days are named with their dataset
             missing_files += [f"{dataset}:{d}" for d in gone]
             unpublished += [f"{dataset}:{d}" for d in later]
+    # Tick day files (trades, quotes phases) are other datasets too; their days are not the
+    # symbols' `days` (those are the minute bars' days finalize checks).
+    tick_files, tick_missing, tick_unpublished = ticks.plan_day_files(settings, plans)
+    files.update(tick_files)
+    missing_files += tick_missing
+    unpublished += tick_unpublished
     return RunPlan(plans, files.pop(US_STOCKS, {}), missing_files, unpublished,
                    newest.isoformat() if newest else None, checked_options, other_days=files)
 

@@ -25,7 +25,7 @@ from typing import Any, Protocol, TypeVar
 from kafka.errors import KafkaError
 from sqlalchemy import Connection, Engine
 
-from chronox import metrics, store
+from chronox import metrics, store, tick_store
 from chronox.bars import Bar, isoformat_utc
 from chronox.calendar import calendar_for
 from chronox.db import get_engine
@@ -123,6 +123,30 @@ class Outgoing:
             bounds = calendar_for(self._delivery.origin[0]).day_bounds(day)
             self.bars(list(store.iter_bars(self.conn, symbols, *bounds, tf, source)), tf)
 
+    def tick_sender(self, kind: str) -> Callable[[tick_store.Row], None] | None:
+        """kafka-first: a function that sends one stored tick of dataset `kind` (trades,
+        quotes) as it goes into storage, acknowledged before the commit; None otherwise."""
+        publisher = self._delivery.publisher() if self._delivery.kafka_first else None
+        if publisher is None:
+            return None
+        market, provider = self._delivery.origin
+
+        def send(row: tick_store.Row) -> None:
+            publisher.send(kind, row["symbol"], tick_store.envelope(kind, row, market, provider))
+            self.tapped_rows += 1
+
+        return send
+
+    def tick_days(self, kind: str, entries: Sequence[tuple[str, dt.date]]) -> None:
+        """db-first: the symbol-days of dataset `kind` this transaction stored go to the outbox
+        (source = the dataset), published after the commit or by a later drain."""
+        if not entries or self._delivery.kafka_first or not self._delivery.settings.kafka_enabled:
+            return
+        outbox = [(symbol, day, kind) for symbol, day in entries]
+        store.record_outbox(self.conn, outbox, {symbol: tick_store.OUTBOX_TF for symbol, _ in entries},
+                            *self._delivery.origin)
+        self._outbox.extend(outbox)
+
     def _send(self) -> None:
         publisher = self._delivery.publisher() if self._bars or self._events or self.tapped_rows else None
         if publisher is not None:
@@ -199,6 +223,19 @@ class Delivery:
             publisher.flush()
         return len(bars)
 
+    def publish_ticks(self, kind: str, rows: Sequence[tick_store.Row], origin: Origin | None = None) -> int:
+        """Send ticks of dataset `kind` and wait for Kafka's acknowledgement; 0 when publishing is off."""
+        if not rows or not self.settings.kafka_enabled:
+            return 0
+        market, provider = origin or self.origin
+        with self.kafka(), metrics.kafka_batch(kind, len(rows)):
+            publisher = self.publisher()
+            assert publisher is not None  # Kafka is enabled
+            for row in rows:
+                publisher.send(kind, row["symbol"], tick_store.envelope(kind, row, market, provider))
+            publisher.flush()
+        return len(rows)
+
     def announce(self, kind: str, symbol: str, event: dict[str, Any]) -> bool:
         """One event (completion, activation) to the Redis mirror and Kafka; whether Kafka took it.
 
@@ -255,7 +292,12 @@ class Delivery:
             flushed = sent
             try:
                 with self.engine.connect() as conn:
-                    for bar in store.iter_bars(conn, [symbol], start, end, tf, source):
+                    if tf == tick_store.OUTBOX_TF:  # a tick symbol-day: `source` names its dataset
+                        for row in tick_store.iter_rows(conn, source, [symbol], start, end):
+                            publisher.send(source, symbol, tick_store.envelope(source, row, market, provider))
+                            sent += 1
+                    for bar in () if tf == tick_store.OUTBOX_TF else store.iter_bars(conn, [symbol], start, end,
+                                                                                      tf, source):
                         publisher.send_bar(bar.symbol, tf, isoformat_utc(bar.ts), bar.open, bar.high, bar.low,
                                            bar.close, bar.volume, bar.source, market=market, provider=provider)
                         sent += 1

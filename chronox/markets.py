@@ -27,7 +27,10 @@ class ProviderId(StrEnum):
 
 # Phases each provider can serve, per market; anything else is refused when a symbol is added.
 PROVIDER_PHASES: dict[tuple[Market, ProviderId], frozenset[str]] = {
-    (Market.STOCKS, ProviderId.POLYGON): frozenset({"flatpack", "api", "snapshot", "stream", "news"}),
+    # Ticks (trades, quotes) are Polygon's US stocks only: its crypto trades carry neither a SIP
+    # timestamp nor a sequence number, the identity ChronoX keeps ticks by.
+    (Market.STOCKS, ProviderId.POLYGON): frozenset({"flatpack", "api", "snapshot", "stream", "news", "trades",
+                                                    "quotes"}),
     (Market.CRYPTO, ProviderId.POLYGON): frozenset({"flatpack", "api", "snapshot", "stream"}),
     (Market.CRYPTO, ProviderId.BINANCE): frozenset({"flatpack", "api", "snapshot", "stream"}),
     (Market.CRYPTO, ProviderId.COINGECKO): frozenset({"api", "snapshot"}),

@@ -302,3 +302,67 @@ class News(Base):
     description: Mapped[str | None] = mapped_column(Text)
     sentiment: Mapped[str | None] = mapped_column(Text)  # JSON {ticker: positive|negative|neutral}
     raw: Mapped[str] = mapped_column(Text)  # the whole record as received, JSON
+
+
+class TickColumns:
+    """What trades and quotes share: Polygon's identity fields of a tick. `ts` is the SIP time
+    cut to microseconds (the partition key on PostgreSQL: one partition per New York day); the
+    `*_timestamp` columns are epoch nanoseconds as Polygon sends them (the stream's millisecond
+    times times 10^6). The key is (symbol, sip_timestamp, sequence_number), with ts (which
+    follows from sip_timestamp) in it because a partitioned table's keys must hold its
+    partition key."""
+
+    symbol: Mapped[str] = mapped_column(String(SYMBOL_LENGTH), primary_key=True)
+    ts: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
+    sip_timestamp: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    sequence_number: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    participant_timestamp: Mapped[int | None] = mapped_column(BigInteger)
+    trf_timestamp: Mapped[int | None] = mapped_column(BigInteger)
+    conditions: Mapped[str | None] = mapped_column(Text)  # condition codes as Polygon lists them: "12,37"
+    tape: Mapped[int | None] = mapped_column(Integer)
+    source: Mapped[str] = mapped_column(String(16))  # flatpack | api | stream
+
+
+class Trade(TickColumns, Base):
+    """Trades (the `trades` phase)."""
+
+    __tablename__ = "trades"
+    __table_args__ = {"postgresql_partition_by": "RANGE (ts)"}
+
+    exchange: Mapped[int] = mapped_column(Integer)
+    trade_id: Mapped[str] = mapped_column(String(64))  # Polygon's `id`: unique per ticker, exchange and TRF
+    price: Mapped[float] = mapped_column(Float)
+    size: Mapped[float] = mapped_column(Float)
+    correction: Mapped[int | None] = mapped_column(Integer)
+    trf_id: Mapped[int | None] = mapped_column(Integer)
+
+
+class Quote(TickColumns, Base):
+    """NBBO quotes (the `quotes` phase); a price of 0 is a side without a quote, as Polygon sends it."""
+
+    __tablename__ = "quotes"
+    __table_args__ = {"postgresql_partition_by": "RANGE (ts)"}
+
+    bid_exchange: Mapped[int | None] = mapped_column(Integer)
+    bid_price: Mapped[float | None] = mapped_column(Float)
+    bid_size: Mapped[float | None] = mapped_column(Float)
+    ask_exchange: Mapped[int | None] = mapped_column(Integer)
+    ask_price: Mapped[float | None] = mapped_column(Float)
+    ask_size: Mapped[float | None] = mapped_column(Float)
+    indicators: Mapped[str | None] = mapped_column(Text)  # indicator codes, as `conditions`
+
+
+class TickCoverage(Base):
+    """One row per symbol, trading day and tick dataset (trades, quotes) loaded: a tick gap is
+    a trading day without one. Apart from `coverage` so the bar gap scan stays as it is."""
+
+    __tablename__ = "tick_coverage"
+
+    symbol: Mapped[str] = mapped_column(String(SYMBOL_LENGTH), primary_key=True)
+    trading_day: Mapped[dt.date] = mapped_column(Date, primary_key=True)
+    dataset: Mapped[str] = mapped_column(String(16), primary_key=True)
+    source: Mapped[str] = mapped_column(String(16))  # flatpack (the day file) | api (REST)
+    rows: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[dt.datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
+    )

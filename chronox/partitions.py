@@ -99,6 +99,10 @@ def register(scheme: Scheme) -> Scheme:
 # Minute bars: months, on UTC midnights. A New York day lies in one month's partition, but
 # for the last evening hour of a winter month's last trading day (20:00 New York is 01:00 UTC).
 OHLCV_1M = register(Scheme("ohlcv_1m", Interval.MONTH))
+# Trades and quotes (migration 0011): New York days, so a day file's load or reload touches
+# one partition; old ones expire (CHRONOX_TICK_RETENTION_DAYS).
+TRADES = register(Scheme("trades", Interval.DAY, zone="America/New_York", tick=True))
+QUOTES = register(Scheme("quotes", Interval.DAY, zone="America/New_York", tick=True))
 
 
 def _postgres(conn: Connection) -> bool:

@@ -30,7 +30,7 @@ import uuid
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from chronox import metrics
 from chronox.settings import Settings
@@ -240,36 +240,40 @@ class LaneLimiter:
         self.lanes[_lane.get()].acquire(holder, max_wait)
 
 
-_limiters: dict[tuple[int, str | None, int, float, float], RateLimiter] = {}
+_limiters: dict[tuple[Any, ...], RateLimiter] = {}
 _limiters_lock = threading.Lock()
 
 
-def _window(settings: Settings, limit: int, key: str) -> RateLimiter:
-    if settings.redis_url:
-        import redis
+def window_limiter(settings: Settings, limit: int, window: float, key: str) -> RateLimiter:
+    """This process's view of a budget of `limit` requests per `window` seconds, shared by
+    every worker through CHRONOX_REDIS_URL (per process without it); one per budget key."""
+    cache_key = (os.getpid(), settings.redis_url, limit, window, key)
+    with _limiters_lock:
+        limiter = _limiters.get(cache_key)
+        if limiter is None:
+            if settings.redis_url:
+                import redis
 
-        client = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
-        return RedisRateLimiter(client, limit, settings.polygon_rate_window, key)
-    return LocalRateLimiter(limit, settings.polygon_rate_window)
+                client = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
+                limiter = RedisRateLimiter(client, limit, window, key)
+            else:
+                limiter = LocalRateLimiter(limit, window)
+            _limiters[cache_key] = limiter
+        return limiter
 
 
 def get_limiter(settings: Settings) -> RateLimiter | None:
-    """The process's limiter for the configured budget, or None when requests are unlimited."""
+    """The process's limiter for Polygon's budget (split into the ETL and real-time lanes),
+    or None when requests are unlimited."""
     if not settings.polygon_rate_limit:
         return None
-    key = (os.getpid(), settings.redis_url, settings.polygon_rate_limit, settings.polygon_rate_window,
-           settings.realtime_budget_share)
-    with _limiters_lock:
-        limiter = _limiters.get(key)
-        if limiter is None:
-            if not settings.redis_url:
-                log.warning("CHRONOX_POLYGON_RATE_LIMIT holds per process only: CHRONOX_REDIS_URL is unset")
-            etl, realtime = budget_split(settings.polygon_rate_limit, settings.realtime_budget_share)
-            limiter = _window(settings, etl, KEY)
-            if realtime:
-                limiter = LaneLimiter(limiter, _window(settings, realtime, REALTIME_KEY))
-            _limiters[key] = limiter
-        return limiter
+    if not settings.redis_url:
+        log.warning("CHRONOX_POLYGON_RATE_LIMIT holds per process only: CHRONOX_REDIS_URL is unset")
+    etl, realtime = budget_split(settings.polygon_rate_limit, settings.realtime_budget_share)
+    limiter = window_limiter(settings, etl, settings.polygon_rate_window, KEY)
+    if realtime:
+        return LaneLimiter(limiter, window_limiter(settings, realtime, settings.polygon_rate_window, REALTIME_KEY))
+    return limiter
 
 
 class RequestBudget:

@@ -129,6 +129,11 @@ def _copy(conn: Connection, table: str, lines: Iterator[Any], columns: Sequence[
             raise
 
 
+def copy_into(conn: Connection, table: str, lines: Iterator[Any], columns: Sequence[str]) -> None:
+    """PostgreSQL: COPY text pieces (str or bytes, whole lines) into `columns` of `table`."""
+    _copy(conn, table, lines, columns)
+
+
 def _replace_postgres(conn: Connection, lines: Iterator[Any], symbols: Sequence[str],
                       start: dt.datetime, end: dt.datetime) -> list[str]:
     """First load: COPY straight into ohlcv_1m.

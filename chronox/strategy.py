@@ -5,7 +5,7 @@ import datetime as dt
 import re
 from typing import overload
 
-PHASES: tuple[str, ...] = ("flatpack", "api", "snapshot", "stream", "news")
+PHASES: tuple[str, ...] = ("flatpack", "api", "snapshot", "stream", "news", "trades", "quotes")
 
 # Older configurations used upper-case enum names; accepted case-insensitively.
 LEGACY_ALIASES: dict[str, tuple[str, ...]] = {

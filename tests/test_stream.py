@@ -24,7 +24,8 @@ from sqlalchemy import text
 from chronox import registry
 from chronox.calendar import NEW_YORK
 from chronox.db import get_engine
-from chronox.sources.websocket import am_to_bar, backoff_delay
+from chronox.sources.reconnect import backoff_delay
+from chronox.sources.websocket import am_to_bar
 from chronox.store import OHLCV
 from chronox.testing.binance import FakeBinanceStream
 from chronox.testing.polygon_ws import FakePolygonStream

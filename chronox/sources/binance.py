@@ -37,9 +37,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-import os
 import re
-import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -47,7 +45,7 @@ from typing import Any
 from chronox.bars import MAX_TRANSACTIONS, UTC, Bar, ts_from_ms
 from chronox.breaker import CircuitBreaker, Hold, Throttled, get_breaker, get_hold
 from chronox.markets import binance_symbol
-from chronox.ratelimit import LocalRateLimiter, RateLimited, RateLimiter, RedisRateLimiter, RequestBudget
+from chronox.ratelimit import RateLimited, RateLimiter, RequestBudget, window_limiter
 from chronox.settings import Settings
 from chronox.sources import http, shown
 from chronox.sources.base import ProviderError, Snapshot, TransientProviderError
@@ -128,25 +126,9 @@ class WeightBudget:
         return self._budget.sent
 
 
-_limiters: dict[tuple[int, str | None, int, float], RateLimiter] = {}
-_limiters_lock = threading.Lock()
-
-
 def weight_limiter(settings: Settings, window: float = WEIGHT_WINDOW) -> RateLimiter:
     """This process's view of the shared weight budget (per process without CHRONOX_REDIS_URL)."""
-    key = (os.getpid(), settings.redis_url, settings.binance_weight_limit, window)
-    with _limiters_lock:
-        limiter = _limiters.get(key)
-        if limiter is None:
-            if settings.redis_url:
-                import redis
-
-                client = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
-                limiter = RedisRateLimiter(client, settings.binance_weight_limit, window, BUDGET_KEY)
-            else:
-                limiter = LocalRateLimiter(settings.binance_weight_limit, window)
-            _limiters[key] = limiter
-        return limiter
+    return window_limiter(settings, settings.binance_weight_limit, window, BUDGET_KEY)
 
 
 def _malformed(what: str, detail: str) -> BinanceError:

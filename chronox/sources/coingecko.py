@@ -36,14 +36,12 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-import os
-import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from chronox.bars import Bar, ts_from_ms
 from chronox.breaker import CircuitBreaker, Hold, Throttled, get_breaker, get_hold
-from chronox.ratelimit import LocalRateLimiter, RateLimited, RateLimiter, RedisRateLimiter, RequestBudget
+from chronox.ratelimit import RateLimited, RateLimiter, RequestBudget, window_limiter
 from chronox.settings import CoinGeckoPlan, Settings
 from chronox.sources import http, shown
 from chronox.sources.base import NotInPlan, ProviderError, Snapshot, TransientProviderError
@@ -83,27 +81,11 @@ class CallsLimited(RateLimited):
         self.wait = wait
 
 
-_limiters: dict[tuple[int, str | None, int, float], RateLimiter] = {}
-_limiters_lock = threading.Lock()
-
-
 def call_limiter(settings: Settings, window: float = RATE_WINDOW) -> RateLimiter | None:
     """This process's view of the shared call budget; None when CoinGecko calls are unlimited."""
     if not settings.coingecko_rate_limit:
         return None
-    key = (os.getpid(), settings.redis_url, settings.coingecko_rate_limit, window)
-    with _limiters_lock:
-        limiter = _limiters.get(key)
-        if limiter is None:
-            if settings.redis_url:
-                import redis
-
-                client = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
-                limiter = RedisRateLimiter(client, settings.coingecko_rate_limit, window, BUDGET_KEY)
-            else:
-                limiter = LocalRateLimiter(settings.coingecko_rate_limit, window)
-            _limiters[key] = limiter
-        return limiter
+    return window_limiter(settings, settings.coingecko_rate_limit, window, BUDGET_KEY)
 
 
 def plan_name(settings: Settings) -> str:

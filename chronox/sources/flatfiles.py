@@ -34,6 +34,10 @@ PREFIX = "us_stocks_sip/minute_aggs_v1"
 US_STOCKS = "us_stocks"
 GLOBAL_CRYPTO = "global_crypto"
 PREFIXES = {US_STOCKS: PREFIX, GLOBAL_CRYPTO: "global_crypto/minute_aggs_v1"}
+# Tick day files (chronox.ticks reads them): every US trade or NBBO quote of a day.
+US_STOCKS_TRADES = "us_stocks_trades"
+US_STOCKS_QUOTES = "us_stocks_quotes"
+PREFIXES.update({US_STOCKS_TRADES: "us_stocks_sip/trades_v1", US_STOCKS_QUOTES: "us_stocks_sip/quotes_v1"})
 HEADER = ("ticker", "volume", "open", "close", "high", "low", "window_start", "transactions")
 MINUTE_NS = 60_000_000_000
 MINUTES_PER_DAY = 25 * 60  # a New York day is 25 h long when clocks fall back

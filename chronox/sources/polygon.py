@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import email.utils
 import hashlib
 import json
 import math
@@ -35,7 +34,7 @@ from chronox.calendar import calendar_for
 from chronox.markets import Market, polygon_ticker
 from chronox.ratelimit import RateLimiter, RequestBudget
 from chronox.settings import Settings
-from chronox.sources import shown
+from chronox.sources import http, shown
 from chronox.sources.base import ProviderError, Snapshot, TransientProviderError
 
 TRANSIENT_STATUSES = frozenset({408, 425, 429, 499}) | frozenset(range(500, 600))
@@ -58,24 +57,8 @@ class PolygonThrottled(Throttled, TransientPolygonError):
 
 
 def scrub(text: str, secret: str | None) -> str:
-    text = _API_KEY_PARAM.sub(r"\1***", text)
-    return text.replace(secret, "***") if secret else text
-
-
-def _retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - dt.datetime.now(UTC)).total_seconds())
+    """The key hidden, also where a URL carries it as `apiKey=`."""
+    return http.scrub(_API_KEY_PARAM.sub(r"\1***", text), secret)
 
 
 def _reason(body: bytes) -> str:
@@ -116,7 +99,7 @@ class _Pool(urllib3.PoolManager):
             return response
         message = scrub(f"Polygon answered {response.status} ({_reason(response.data)}) for {path}",
                         self._secret)
-        retry_after = _retry_after(response.headers.get("Retry-After"))
+        retry_after = http.retry_after(response.headers.get("Retry-After"))
         if response.status == 429:
             raise PolygonThrottled(message, retry_after)
         if response.status in TRANSIENT_STATUSES:
@@ -413,6 +396,21 @@ class PolygonRest:
             "split_from": _number(r, "split_from", what, positive=True),
             "split_to": _number(r, "split_to", what, positive=True),
         }, "split", SPLIT_IDENTITY, what) for r in self._reference(self._client.list_splits, symbol, what)]
+
+    def ticks(self, dataset: str, symbol: str, start_ns: int, end_ns: int) -> Iterator[list[dict[str, Any]]]:
+        """Pages of /v3/trades/{ticker} (`dataset` trades) or /v3/quotes/{ticker} (quotes):
+        records whose SIP timestamp (epoch ns) lies in [start_ns, end_ns), oldest first, up to
+        50,000 a page, following the cursor of `next_url`. The records are Polygon's; whether
+        each is a usable tick is chronox.ticks' to say (it quarantines the others)."""
+        what = f"{dataset} of {symbol} from {start_ns} to {end_ns} (epoch ns)"
+        endpoint = self._client.list_trades if dataset == "trades" else self._client.list_quotes
+        response = endpoint(self._ticker(symbol), timestamp_gte=start_ns, timestamp_lt=end_ns,
+                            limit=self._page_limit, sort="timestamp", order="asc", raw=True)
+        for page in self._pages(response, what):
+            results = page.get("results", [])
+            if not isinstance(results, list) or not all(isinstance(r, dict) for r in results):
+                raise _malformed(what, "results is not a list of objects")
+            yield results
 
     def snapshots(self, symbols: Sequence[str]) -> list[Snapshot]:
         what = f"snapshot of {len(symbols)} ticker(s)"

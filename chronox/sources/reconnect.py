@@ -2,24 +2,38 @@
 
 `run()` opens a connection (`_open`, the subclass's handshake and subscriptions), reads it
 (`_read`, until it is lost; it returns why), reports the loss (`on_lost(reason)`) and
-reconnects with chronox.sources.websocket.backoff_delay; once a later connection is up it
+reconnects with backoff_delay; once a later connection is up it
 reports `on_restored(seconds_down)`, so the caller can fill the minutes it missed. A
 connection that lived STABLE_SECONDS starts the backoff over. `_open` may raise one of
 `fatal` (e.g. a rejected key) to end run() for good.
 
-chronox.sources.binance_ws uses it; PolygonStream (chronox.sources.websocket) has the same
-loop and could move onto it with its `_open` and `_read` unchanged.
+PolygonStream (chronox.sources.websocket) and BinanceStream (chronox.sources.binance_ws)
+are built on it.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-from chronox.sources.websocket import CONNECT_ERRORS, STABLE_SECONDS, backoff_delay
+from websockets.exceptions import WebSocketException
 
 log = logging.getLogger(__name__)
+
+STABLE_SECONDS = 30.0  # a connection that lived this long starts the backoff over
+CONNECT_ERRORS = (OSError, asyncio.TimeoutError, WebSocketException, ValueError)
+
+
+def backoff_delay(attempt: int, low: float, high: float,
+                  rng: Callable[[], float] = random.random) -> float:
+    """Exponential backoff with jitter: half of the step fixed, half random.
+
+    The random half keeps many clients (or restarts) from reconnecting in lockstep.
+    """
+    step = min(max(high, low), low * 2 ** max(attempt - 1, 0))
+    return step / 2 + rng() * step / 2
 
 Connection = TypeVar("Connection")
 
@@ -54,6 +68,10 @@ class ReconnectingStream(Generic[Connection]):
     async def _close(self, connection: Connection) -> None:
         raise NotImplementedError
 
+    def _restored_detail(self) -> str:
+        """What the reconnect's log line adds (e.g. how many channels were re-subscribed)."""
+        return ""
+
     async def run(self) -> None:
         """Connect and read until stop(); raises what `_open` raises of `fatal`."""
         loop = asyncio.get_running_loop()
@@ -75,7 +93,8 @@ class ReconnectingStream(Generic[Connection]):
             if down_since is not None:
                 self.reconnects += 1
                 seconds = opened - down_since
-                log.warning("%s reconnected after %.1fs (connection #%d)", self.label, seconds, self.connections)
+                log.warning("%s reconnected after %.1fs (connection #%d)%s", self.label, seconds, self.connections,
+                            self._restored_detail())
                 self._on_restored(seconds)
                 down_since = None
             reason = await self._read(connection)

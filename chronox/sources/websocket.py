@@ -15,25 +15,23 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
 import re
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, WebSocketException
+from websockets.exceptions import ConnectionClosed
 
 from chronox.bars import Bar, bar_problem, ts_from_ms
 from chronox.sources import shown
+from chronox.sources.reconnect import ReconnectingStream, describe
 from chronox.strategy import SYMBOL_PATTERN
 
 log = logging.getLogger(__name__)
 
 HANDSHAKE_TIMEOUT = 10.0
-STABLE_SECONDS = 30.0  # a connection that lived this long starts the backoff over
 MAX_FRAME_BYTES = 16 * 1024 * 1024  # a whole-market minute can arrive as one frame
 CHANNELS_PER_MESSAGE = 500
-CONNECT_ERRORS = (OSError, asyncio.TimeoutError, WebSocketException, ValueError)
 
 
 class AuthFailed(Exception):
@@ -50,16 +48,6 @@ def crypto_channel(symbol: str) -> str:
 
 
 CRYPTO_PAIR = re.compile(r"^[A-Z0-9]{1,12}-[A-Z0-9]{1,12}$")
-
-
-def backoff_delay(attempt: int, low: float, high: float,
-                  rng: Callable[[], float] = random.random) -> float:
-    """Exponential backoff with jitter: half of the step fixed, half random.
-
-    The random half keeps many clients (or restarts) from reconnecting in lockstep.
-    """
-    step = min(max(high, low), low * 2 ** max(attempt - 1, 0))
-    return step / 2 + rng() * step / 2
 
 
 def split_frame(text: str | bytes) -> tuple[list[Any], list[dict[str, Any]]]:
@@ -124,66 +112,30 @@ def _aggregate_bar(symbol: str, event: dict[str, Any]) -> Bar:
     return bar
 
 
-class PolygonStream:
+class PolygonStream(ReconnectingStream[ClientConnection]):
     """One logical subscription to Polygon's websocket that survives connection loss.
 
     `on_frame` is awaited for every data frame; it should hand the frame off quickly.
     `on_lost(reason)` is called when a live connection drops and `on_restored(seconds_down)`
     when a later one is authenticated and re-subscribed, so the caller can account for
-    the minutes it missed.
+    the minutes it missed. `run()` raises AuthFailed when the key is rejected.
     """
+
+    fatal = (AuthFailed,)
+    label = "stream"
 
     def __init__(self, url: str, api_key: str, on_frame: Callable[[str | bytes], Awaitable[None]], *,
                  reconnect_min: float = 1.0, reconnect_max: float = 60.0,
                  on_lost: Callable[[str], None] | None = None,
                  on_restored: Callable[[float], None] | None = None):
-        self.url = url
+        super().__init__(url, reconnect_min=reconnect_min, reconnect_max=reconnect_max, on_lost=on_lost,
+                         on_restored=on_restored)
         self._api_key = api_key
         self._on_frame = on_frame
-        self._on_lost = on_lost or (lambda reason: None)
-        self._on_restored = on_restored or (lambda seconds: None)
-        self._reconnect_min = reconnect_min
-        self._reconnect_max = reconnect_max
         self._wanted: set[str] = set()
         self._subscribed: set[str] = set()
         self._ws: ClientConnection | None = None
         self._lock = asyncio.Lock()
-        self._stopping = asyncio.Event()
-        self.connections = 0
-        self.reconnects = 0
-
-    async def run(self) -> None:
-        """Connect and read until stop(); raises AuthFailed when the key is rejected."""
-        loop = asyncio.get_running_loop()
-        attempt = 0
-        down_since: float | None = None
-        while not self._stopping.is_set():
-            try:
-                ws = await self._open()
-            except AuthFailed:
-                raise
-            except CONNECT_ERRORS as exc:
-                attempt += 1
-                await self._pause(attempt, f"connect to {self.url} failed: {_describe(exc)}")
-                continue
-            if self._stopping.is_set():
-                await ws.close()
-                break
-            opened = loop.time()
-            if down_since is not None:
-                self.reconnects += 1
-                seconds = opened - down_since
-                log.warning("stream reconnected after %.1fs (connection #%d): authenticated, "
-                            "re-subscribed %d channel(s)", seconds, self.connections, len(self._subscribed))
-                self._on_restored(seconds)
-                down_since = None
-            reason = await self._read(ws)
-            if self._stopping.is_set():
-                break
-            down_since = loop.time()
-            self._on_lost(reason)
-            attempt = 1 if loop.time() - opened >= STABLE_SECONDS else attempt + 1
-            await self._pause(attempt, f"connection lost ({reason})")
 
     async def set_channels(self, channels: Iterable[str]) -> tuple[set[str], set[str]]:
         """Make `channels` the subscription; returns (added, removed) on the live connection."""
@@ -224,6 +176,12 @@ class PolygonStream:
         self.connections += 1
         return ws
 
+    async def _close(self, connection: ClientConnection) -> None:
+        await connection.close()
+
+    def _restored_detail(self) -> str:
+        return f": authenticated, re-subscribed {len(self._subscribed)} channel(s)"
+
     async def _authenticate(self, ws: ClientConnection) -> None:
         await asyncio.wait_for(ws.recv(), HANDSHAKE_TIMEOUT)  # the `connected` greeting
         await ws.send(json.dumps({"action": "auth", "params": self._api_key}))
@@ -243,26 +201,14 @@ class PolygonStream:
                 await self._on_frame(frame)
             return f"closed by the server, code {ws.close_code}"
         except ConnectionClosed as exc:
-            return _describe(exc)
+            return describe(exc)
         finally:
             async with self._lock:
                 self._ws = None
                 self._subscribed = set()
-
-    async def _pause(self, attempt: int, why: str) -> None:
-        delay = backoff_delay(attempt, self._reconnect_min, self._reconnect_max)
-        log.warning("stream %s; reconnecting in %.2fs (attempt %d)", why, delay, attempt)
-        try:
-            await asyncio.wait_for(self._stopping.wait(), delay)
-        except TimeoutError:
-            pass
 
 
 async def _send_action(ws: ClientConnection, action: str, channels: set[str]) -> None:
     ordered = sorted(channels)
     for i in range(0, len(ordered), CHANNELS_PER_MESSAGE):
         await ws.send(json.dumps({"action": action, "params": ",".join(ordered[i:i + CHANNELS_PER_MESSAGE])}))
-
-
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

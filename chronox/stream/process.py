@@ -5,7 +5,8 @@ Polygon allows one websocket per market and account, so streaming is one long-ru
 process, not a Celery task. Inside it:
 
 - one feed per market and provider with streaming symbols (Polygon's stocks cluster, AM
-  events; its crypto cluster, XA events; Binance's closed 1m klines), each a socket
+  events, and T/Q events of symbols with the trades/quotes phases; its crypto cluster, XA
+  events; Binance's closed 1m klines), each a socket
   reader (asyncio, main thread) that decodes frames and hands events to the bounded
   backlog of chronox.stream.writer, whose writer threads store and publish them;
 - the registry follower re-reads the registry every CHRONOX_STREAM_POLL_SECONDS, and at
@@ -27,7 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from chronox import health, metrics, registry
+from chronox import health, metrics, registry, ticks
 from chronox.bars import UTC, isoformat_utc
 from chronox.calendar import calendar_for, in_extended_session
 from chronox.db import get_engine
@@ -287,8 +288,11 @@ class StreamProcess:
             log.warning("stream: registry read failed, keeping %d subscription(s): %s", len(self._wanted), exc)
             return
         groups: dict[tuple[str, str], list[str]] = {key: [] for key in self._feeds}
+        tick_channels: dict[tuple[str, str], list[str]] = {}  # T./Q. of symbols with trades/quotes phases
         for row in rows:
             groups.setdefault((row.market.value, row.provider.value), []).append(row.symbol)
+            tick_channels.setdefault((row.market.value, row.provider.value), []).extend(
+                ticks.stream_channels(row.instrument, row.phases))
         wanted: list[str] = []
         origins: dict[str, tuple[str, str]] = {}
         for (market, provider), symbols in sorted(groups.items()):
@@ -301,7 +305,8 @@ class StreamProcess:
             if provider == ProviderId.BINANCE:
                 feed.names.clear()
                 feed.names.update((binance_symbol(s), s) for s in symbols)
-            added, removed = await feed.client.set_channels(feed.channel(s) for s in symbols)
+            added, removed = await feed.client.set_channels(
+                [*(feed.channel(s) for s in symbols), *tick_channels.get((market, provider), [])])
             if added or removed:
                 log.info("stream: %s subscribed %s; unsubscribed %s", feed.label, _some(sorted(added)),
                          _some(sorted(removed)))

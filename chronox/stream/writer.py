@@ -19,12 +19,17 @@ from typing import Any, NamedTuple
 
 from sqlalchemy import Engine
 
-from chronox import metrics, registry, rollups
+from chronox import metrics, registry, rollups, ticks
 from chronox.bars import UTC, Bar, QuarantinedRow
 from chronox.delivery import STOCKS_FROM_POLYGON, Delivery
 from chronox.settings import Settings
-from chronox.sources.websocket import am_to_bar, backoff_delay, xa_to_bar
+from chronox.sources.reconnect import backoff_delay
+from chronox.sources.websocket import am_to_bar, xa_to_bar
 from chronox.store import TIMEFRAME, quarantine_rows, upsert_bars
+from chronox.tick_store import Row
+
+TickRows = dict[str, list[Row]]  # a batch's ticks (T and Q events) by dataset: trades, quotes
+Step = Callable[[list[Bar], list[QuarantinedRow], TickRows], None]  # store or publish one batch
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +45,7 @@ class StreamStats:
     subscribed: int = 0
     received: int = 0  # data events accepted from the socket
     written: int = 0  # bars committed
+    ticks: int = 0  # trades and quotes committed (T and Q events)
     published: int = 0
     quarantined: int = 0
     lost: int = 0  # bars given up after repeated write failures at shutdown
@@ -129,7 +135,7 @@ class BarWriter:
         self._stats = stats
         self._seen: set[str] = set()
         self._abort = threading.Event()
-        self._handoff: queue.Queue[tuple[list[Bar], list[QuarantinedRow]] | None] = queue.Queue(maxsize=2)
+        self._handoff: queue.Queue[tuple[list[Bar], list[QuarantinedRow], TickRows] | None] = queue.Queue(maxsize=2)
         first, second = self._delivery.stages(self._publish, self._store)
         self._threads = (
             threading.Thread(target=self._first_stage, args=(first,), name="chronox-stream-stage1", daemon=True),
@@ -148,25 +154,25 @@ class BarWriter:
         """Stop retrying failed writes (a second stop signal)."""
         self._abort.set()
 
-    def _first_stage(self, step: Callable[[list[Bar], list[QuarantinedRow]], None]) -> None:
+    def _first_stage(self, step: Step) -> None:
         while not self._backlog.drained:
             events = self._backlog.take(self._settings.stream_batch, timeout=0.5)
             if events:
-                bars, bad = _validated(events)
-                if self._retrying(step, bars, bad):
-                    self._handoff.put((bars, bad))
+                bars, bad, tick_rows = _validated(events)
+                if self._retrying(step, bars, bad, tick_rows):
+                    self._handoff.put((bars, bad, tick_rows))
         self._handoff.put(None)
 
-    def _second_stage(self, step: Callable[[list[Bar], list[QuarantinedRow]], None]) -> None:
+    def _second_stage(self, step: Step) -> None:
         next_stamp = time.monotonic() + self._settings.stream_stamp_seconds
         while True:
             try:
                 item = self._handoff.get(timeout=0.5)
             except queue.Empty:
-                item = ([], [])
+                item = ([], [], {})
             if item is None:
                 break
-            if (item[0] or item[1]) and self._retrying(step, *item):
+            if (item[0] or item[1] or item[2]) and self._retrying(step, *item):
                 self._seen.update(b.symbol for b in item[0])
             if time.monotonic() >= next_stamp:
                 self._stamp()
@@ -174,18 +180,17 @@ class BarWriter:
         self._stamp()
         self._delivery.close()  # the producer, after its last flush
 
-    def _retrying(self, step: Callable[[list[Bar], list[QuarantinedRow]], None], bars: list[Bar],
-                  bad: list[QuarantinedRow]) -> bool:
+    def _retrying(self, step: Step, bars: list[Bar], bad: list[QuarantinedRow], tick_rows: TickRows) -> bool:
         attempt = 0
         while True:
             try:
-                step(bars, bad)
+                step(bars, bad, tick_rows)
                 return True
             except Exception as exc:  # database or Kafka: both are retried the same way
                 attempt += 1
                 self._stats.write_errors += 1
                 if self._abort.is_set() or (self._backlog.drained and attempt >= SHUTDOWN_WRITE_ATTEMPTS):
-                    self._stats.lost += len(bars) + len(bad)
+                    self._stats.lost += len(bars) + len(bad) + sum(len(rows) for rows in tick_rows.values())
                     log.error("giving up on %d stream bar(s) after %d attempt(s): %s", len(bars), attempt, exc)
                     return False
                 delay = backoff_delay(attempt, 0.5, 30.0)
@@ -193,15 +198,17 @@ class BarWriter:
                           step.__name__.strip("_"), len(bars), type(exc).__name__, exc, delay, len(self._backlog))
                 self._abort.wait(delay)
 
-    def _publish(self, bars: list[Bar], bad: list[QuarantinedRow]) -> None:
+    def _publish(self, bars: list[Bar], bad: list[QuarantinedRow], tick_rows: TickRows) -> None:
         origins = self.origins
         groups: dict[tuple[str, str], list[Bar]] = {}
         for bar in bars:
             groups.setdefault(origins.get(bar.symbol, STOCKS_FROM_POLYGON), []).append(bar)
         for origin, group in groups.items():
             self._stats.published += self._delivery.publish_bars(group, TIMEFRAME, kind="stream", origin=origin)
+        for dataset, rows in tick_rows.items():  # trades and quotes: US stocks from Polygon
+            self._stats.published += self._delivery.publish_ticks(dataset, rows)
 
-    def _store(self, bars: list[Bar], bad: list[QuarantinedRow]) -> None:
+    def _store(self, bars: list[Bar], bad: list[QuarantinedRow], tick_rows: TickRows) -> None:
         with self._engine.begin() as conn:
             upsert_bars(conn, bars)
             if bars:
@@ -209,8 +216,11 @@ class BarWriter:
                 rollups.refresh(conn, sorted({b.symbol for b in bars}), rollups.hour_floor(min(times)),
                                 rollups.hour_floor(max(times)) + rollups.HOUR)
             quarantine_rows(conn, bad)
+            stored_ticks = ticks.store_stream(conn, tick_rows)
         metrics.stream_stored("polygon", (b.ts for b in bars))
+        metrics.trades_ingested(stored_ticks.get(ticks.TRADES, 0))
         self._stats.written += len(bars)
+        self._stats.ticks += sum(stored_ticks.values())
         self._stats.quarantined += len(bad)
 
     def _stamp(self) -> None:
@@ -231,11 +241,13 @@ CONVERTERS: dict[str, tuple[Callable[[Any], Bar], str, str]] = {
 }
 
 
-def _validated(events: Sequence[Any]) -> tuple[list[Bar], list[QuarantinedRow]]:
+def _validated(events: Sequence[Any]) -> tuple[list[Bar], list[QuarantinedRow], TickRows]:
     """Bars of the backlog's events: Polygon's AM (stocks) and XA (crypto) events, bars a
-    feed decoded already (Binance's closed klines), and bad frames for the quarantine."""
+    feed decoded already (Binance's closed klines), and bad frames for the quarantine;
+    and the ticks of its T and Q events (chronox.ticks), by dataset."""
     bars: list[Bar] = []
     bad: list[QuarantinedRow] = []
+    tick_rows: TickRows = {}
     for event in events:
         if isinstance(event, Bar):
             bars.append(event)
@@ -244,6 +256,15 @@ def _validated(events: Sequence[Any]) -> tuple[list[Bar], list[QuarantinedRow]]:
             bad.append(QuarantinedRow(event.origin, None, event.raw, event.reason))
             continue
         kind = event.get("ev") if isinstance(event, dict) else None
+        if kind in ticks.STREAM_KINDS:
+            try:
+                dataset, row = ticks.stream_tick(event)
+                tick_rows.setdefault(dataset, []).append(row)
+            except ValueError as exc:
+                symbol = event.get("sym")
+                bad.append(QuarantinedRow(ORIGIN, str(symbol)[:32] if symbol is not None else None,
+                                          json.dumps(event)[:2000], str(exc)))
+            continue
         convert, origin, key = CONVERTERS.get(kind, (am_to_bar, ORIGIN, "sym")) if isinstance(kind, str) \
             else (am_to_bar, ORIGIN, "sym")
         try:
@@ -252,4 +273,4 @@ def _validated(events: Sequence[Any]) -> tuple[list[Bar], list[QuarantinedRow]]:
             symbol = event.get(key) if isinstance(event, dict) else None
             bad.append(QuarantinedRow(origin, str(symbol)[:32] if symbol is not None else None,
                                       json.dumps(event)[:2000], str(exc)))
-    return bars, bad
+    return bars, bad, tick_rows

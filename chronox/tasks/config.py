@@ -50,6 +50,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_default_routing_key": "chronox.control",
         "task_routes": {
             "chronox.phase.flatpack_day": {"queue": "chronox.flatfiles", "routing_key": "chronox.flatfiles"},
+            # Tick day files load with the minute bars'; their REST gap fill is REST work.
+            "chronox.ticks.day": {"queue": "chronox.flatfiles", "routing_key": "chronox.flatfiles"},
+            "chronox.ticks.*": {"queue": "chronox.rest", "routing_key": "chronox.rest"},
             "chronox.publish.drain_outbox": {"queue": "chronox.publish", "routing_key": "chronox.publish"},
             "chronox.rest.*": {"queue": "chronox.rest", "routing_key": "chronox.rest"},
             "chronox.snapshot.*": {"queue": "chronox.rest", "routing_key": "chronox.rest"},
@@ -67,7 +70,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         },
         "imports": ("chronox.tasks.backfill", "chronox.tasks.rest", "chronox.tasks.stream", "chronox.tasks.schedule",
                     "chronox.tasks.sinks", "chronox.tasks.news", "chronox.tasks.etl", "chronox.tasks.realtime",
-                    "chronox.tasks.retention"),
+                    "chronox.tasks.retention", "chronox.tasks.ticks"),
         "beat_schedule": _beat_schedule(settings),
     }
 

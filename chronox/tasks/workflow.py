@@ -27,6 +27,7 @@ from chronox.markets import Instrument, Market, ProviderId
 from chronox.providers import provider_configured
 from chronox.settings import load_settings, run_settings
 from chronox.sources.flatfiles import US_STOCKS
+from chronox.ticks import BY_FILE_DATASET
 
 BACKFILL = "chronox.backfill"
 BEGIN = "chronox.phase.begin"
@@ -44,13 +45,20 @@ SYMBOL_PREPARE_TASKS: dict[str, list[str]] = {
 # "flatpack" minute bars are the shared day loads themselves.
 SYMBOL_PHASE_TASKS: dict[str, str] = {"api": "chronox.rest.api_gaps", "snapshot": "chronox.rest.snapshot",
                                       "stream": "chronox.phase.stream", "news": "chronox.rest.news"}
+# Ticks (chronox.tasks.ticks): a day file per dataset and day in the chord header like the
+# minute bars', and in each symbol's chain the REST fill of the days no file covered.
+TICK_DAY = "chronox.ticks.day"
+TICK_GAPS = {"trades": "chronox.ticks.trades_gaps", "quotes": "chronox.ticks.quotes_gaps"}
+TICK_REST_DAY = "chronox.ticks.rest_day"
+SYMBOL_PHASE_TASKS.update(TICK_GAPS)
 # Phases whose tasks talk to a provider's REST API.
-REST_PHASES = frozenset({"api", "snapshot", "news"} | set(SYMBOL_PREPARE_TASKS))
+REST_PHASES = frozenset({"api", "snapshot", "news", *TICK_GAPS} | set(SYMBOL_PREPARE_TASKS))
 # Task -> the step it records in run_steps (the completion event's `results` keys).
 STEP_OF_TASK = {"chronox.rest.reference": "reference", "chronox.rest.corporate_actions": "corporate_actions",
                 "chronox.rest.daily_bars": "daily_bars", "chronox.rest.api_gaps": "api",
                 "chronox.rest.api_window": "api", "chronox.rest.snapshot": "snapshot", FLATPACK_DAY: "minute_bars",
-                "chronox.phase.stream": "stream", "chronox.rest.news": "news"}
+                "chronox.phase.stream": "stream", "chronox.rest.news": "news", TICK_DAY: "ticks",
+                TICK_REST_DAY: "ticks", **{task: dataset for dataset, task in TICK_GAPS.items()}}
 # Symbols whose chain would be finalize alone are finalized this many to a task: a task
 # costs a worker several milliseconds of messaging, a finalize about five of real work.
 FINALIZE_BATCH = 25
@@ -221,6 +229,9 @@ def build_stages(plan: backfill.RunPlan) -> tuple[Signature, list[Signature], li
     specs = [s.as_dict() for s in plan.symbols]
     coarse = {s.symbol: s.timeframe for s in plan.symbols if s.timeframe != "1m"}
     header: list[Signature] = [
+        signature(TICK_DAY, immutable=True, kwargs=with_options(
+            {"dataset": BY_FILE_DATASET[dataset].name, "day": day, "symbols": day_symbols}, plan.options))
+        if dataset in BY_FILE_DATASET else
         signature(FLATPACK_DAY, immutable=True,
                   kwargs=with_options({"day": day, "symbols": day_symbols, **_timeframes(day_symbols, coarse),
                                        **({} if dataset == US_STOCKS else {"dataset": dataset})}, plan.options))

@@ -151,6 +151,12 @@ def _int_param(query: dict[str, str], name: str, default: int, maximum: int) -> 
     return max(1, min(value, maximum))
 
 
+def _ns_param(value: str) -> int:
+    if not value.isdigit():
+        raise _ApiError(400, {"status": "ERROR", "error": f"Could not parse timestamp '{value}'"})
+    return int(value)
+
+
 def _merge_bars(bars: list[dict[str, Any]], start: int) -> dict[str, Any]:
     volume = sum(b.get("v", 0) for b in bars)
     vw_num = sum(b.get("vw", b.get("c", 0)) * b.get("v", 0) for b in bars)
@@ -258,6 +264,7 @@ class FakePolygonRest:
         self._dividends: list[dict[str, Any]] = []
         self._splits: list[dict[str, Any]] = []
         self._news: list[dict[str, Any]] = []  # ticker news articles, as served
+        self._ticks: dict[str, dict[str, list[dict[str, Any]]]] = {"trades": {}, "quotes": {}}  # v3 records
         # Answers served as given (e.g. Polygon's documented examples), not derived from bars.
         self._snapshot_records: dict[str, dict[str, Any]] = {}
         self._last_trade_records: dict[str, dict[str, Any]] = {}
@@ -359,6 +366,18 @@ class FakePolygonRest:
 
     def add_splits(self, ticker: str, splits: Iterable[dict[str, Any]], assign_ids: bool = True) -> None:
         self._add_reference(self._splits, ticker, splits, "P", assign_ids)
+
+    def add_trades(self, ticker: str, records: Iterable[dict[str, Any]]) -> None:
+        """Records for /v3/trades/{ticker}, each shaped as polygon_tick_examples.TRADES's results."""
+        self._add_ticks("trades", ticker, records)
+
+    def add_quotes(self, ticker: str, records: Iterable[dict[str, Any]]) -> None:
+        """Records for /v3/quotes/{ticker}, each shaped as polygon_tick_examples.QUOTES's results."""
+        self._add_ticks("quotes", ticker, records)
+
+    def _add_ticks(self, kind: str, ticker: str, records: Iterable[dict[str, Any]]) -> None:
+        with self._lock:
+            self._ticks[kind].setdefault(ticker, []).extend(dict(r) for r in records)
 
     def add_news(self, articles: Iterable[dict[str, Any]]) -> None:
         """Articles for /v2/reference/news, each in the shape of NEWS_EXAMPLE; an article
@@ -605,7 +624,45 @@ class FakePolygonRest:
             return self._reference(self._splits, path, query)
         if path.rstrip("/") == "/v2/reference/news":
             return self._news_page(path, query)
+        if len(segs) == 3 and segs[0] == "v3" and segs[1] in ("trades", "quotes"):
+            return self._ticks_page(segs[1], segs[2], path, query)
         raise _ApiError(404, {"status": "NOT_FOUND", "message": "Not found"})
+
+    def _page(self, matched: list[dict[str, Any]], path: str, query: dict[str, str], offset: int,
+              limit: int) -> dict[str, Any]:
+        """One page of cursor paging: `next_url` carries the query and the next offset."""
+        response: dict[str, Any] = {"status": "OK", "results": matched[offset:offset + limit]}
+        if offset + limit < len(matched):
+            state = {k: v for k, v in query.items() if k not in ("cursor", "apiKey")}
+            state.update(limit=str(limit), offset=str(offset + limit))
+            response["next_url"] = f"{self.base_url}{path}?cursor={_encode_cursor(state)}"
+        return response
+
+    def _ticks_page(self, kind: str, ticker: str, path: str, query: dict[str, str]) -> dict[str, Any]:
+        """/v3/trades/{ticker} and /v3/quotes/{ticker}: records filtered on sip_timestamp by
+        `timestamp` and timestamp.gt/.gte/.lt/.lte (epoch nanoseconds, or a date: its UTC day),
+        sorted by it, `order` desc by default; `limit` 1-50,000 (default 1000); cursor paging."""
+        if "cursor" in query:
+            query = _decode_cursor(query["cursor"])
+        limit = _int_param(query, "limit", 1000, 50_000)
+        offset = int(query["offset"]) if query.get("offset", "").isdigit() else 0
+        checks = {"": lambda a, lo, hi: lo <= a <= hi, ".gt": lambda a, lo, hi: a > hi,
+                  ".gte": lambda a, lo, hi: a >= lo, ".lt": lambda a, lo, hi: a < lo,
+                  ".lte": lambda a, lo, hi: a <= hi}
+        bounds = []
+        for suffix, check in checks.items():
+            value = query.get(f"timestamp{suffix}")
+            if value is not None:
+                # A date stands for its day: [first ns, last ns]; a number for itself.
+                lo, hi = ((_parse_bound(value, False) * 1_000_000, _parse_bound(value, True) * 1_000_000 + 999_999)
+                          if _DATE_RE.match(value) else (_ns_param(value),) * 2)
+                bounds.append((check, lo, hi))
+        with self._lock:
+            records = [dict(r) for r in self._ticks[kind].get(ticker, [])]
+        matched = [r for r in records if all(check(r["sip_timestamp"], lo, hi) for check, lo, hi in bounds)]
+        matched.sort(key=lambda r: (r["sip_timestamp"], r.get("sequence_number", 0)),
+                     reverse=query.get("order", "desc") == "desc")
+        return self._page(matched, path, query, offset, limit)
 
     def _news_page(self, path: str, query: dict[str, str]) -> dict[str, Any]:
         """Ticker news: `ticker` matches any of an article's tickers; published_utc with
@@ -634,12 +691,8 @@ class FakePolygonRest:
                    if ("ticker" not in query or query["ticker"] in a.get("tickers", []))
                    and all(checks[op](moment(a["published_utc"]), bound) for op, bound in bounds.items())]
         matched.sort(key=lambda a: (moment(a["published_utc"]), a["id"]), reverse=query.get("order", "desc") == "desc")
-        page = matched[offset:offset + limit]
-        response: dict[str, Any] = {"status": "OK", "count": len(page), "results": page}
-        if offset + limit < len(matched):
-            state = {k: v for k, v in query.items() if k not in ("cursor", "apiKey")}
-            state.update(limit=str(limit), offset=str(offset + limit))
-            response["next_url"] = f"{self.base_url}{path}?cursor={_encode_cursor(state)}"
+        response = self._page(matched, path, query, offset, limit)
+        response["count"] = len(response["results"])
         return response
 
     def _aggs(
@@ -699,13 +752,7 @@ class FakePolygonRest:
         if "sort" in query:
             key = query["sort"]
             matched.sort(key=lambda r: (r.get(key) is None, r.get(key)), reverse=query.get("order") == "desc")
-        page = matched[offset:offset + limit]
-        response: dict[str, Any] = {"status": "OK", "results": page}
-        if offset + limit < len(matched):
-            state = {k: v for k, v in query.items() if k not in ("cursor", "apiKey")}
-            state.update(limit=str(limit), offset=str(offset + limit))
-            response["next_url"] = f"{self.base_url}{path}?cursor={_encode_cursor(state)}"
-        return response
+        return self._page(matched, path, query, offset, limit)
 
     def _snapshot_state(self, ticker: str) -> dict[str, Any] | None:
         """Price/volume/time behind the snapshot and last trade, from

@@ -289,6 +289,14 @@ class FakePolygonStream:
     def send_am(self, events: Iterable[dict[str, Any]]) -> int:
         return self.send_events({"ev": "AM", **e} for e in events)
 
+    def send_trades(self, events: Iterable[dict[str, Any]]) -> int:
+        """Trade events (`T.<sym>`), shaped as polygon_tick_examples.T_EVENT: t is epoch ms."""
+        return self.send_events({"ev": "T", **e} for e in events)
+
+    def send_quotes(self, events: Iterable[dict[str, Any]]) -> int:
+        """Quote events (`Q.<sym>`), shaped as polygon_tick_examples.Q_EVENT."""
+        return self.send_events({"ev": "Q", **e} for e in events)
+
     def send_raw(self, text: str | bytes, authenticated_only: bool = True) -> int:
         """Send an arbitrary frame (hostile-input tests); returns frames sent."""
 
