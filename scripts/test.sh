@@ -2,7 +2,7 @@
 # Runs the whole test suite on a fresh machine: installs ChronoX with its test
 # dependencies into .venv, checks lint and import order (ruff) and types (mypy),
 # starts PostgreSQL and Redis when they are not running, then runs pytest.
-# Extra arguments go to pytest.
+# Extra arguments go to pytest (after `-n 2`, two test processes: `-n 0` runs one).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -64,4 +64,4 @@ ensure_postgres
 ensure_redis
 ensure_prometheus
 
-exec .venv/bin/python -m pytest "$@"
+exec .venv/bin/python -m pytest -n 2 "$@"
