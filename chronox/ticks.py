@@ -44,7 +44,14 @@ from chronox.delivery import Delivery
 from chronox.markets import Instrument, Market, ProviderId, as_instrument
 from chronox.providers import SKIP_DETAIL, get_provider
 from chronox.settings import Settings
-from chronox.sources.flatfiles import US_STOCKS_QUOTES, US_STOCKS_TRADES, FlatFileError, FlatFileStore, concatenated
+from chronox.sources.flatfiles import (
+    US_STOCKS_QUOTES,
+    US_STOCKS_TRADES,
+    DayFileStats,
+    FlatFileError,
+    FlatFileStore,
+    concatenated,
+)
 from chronox.store import quarantine_rows, record_steps
 from chronox.strategy import SYMBOL_PATTERN, parse_day, validate_symbol
 from chronox.tick_store import QUOTES, TRADES, Row
@@ -246,15 +253,6 @@ class UndecodableRow(FlatFileError):
 
 
 @dataclass
-class TickFileStats:
-    rows_read: int = 0
-    rows_kept: Counter = field(default_factory=Counter)
-    duplicates: int = 0
-    other_tickers: int = 0
-    quarantined: list[QuarantinedRow] = field(default_factory=list)
-
-
-@dataclass
 class TickBatch:
     """The ticks kept from one parsed block, in file order: the block's columns (text as
     written) for the rows kept, their symbols (index into TickFileReader.symbols) and SIP times."""
@@ -330,7 +328,7 @@ class TickFileReader:
         self.progress_every = progress_every
         self.wanted = frozenset(wanted)
         self.symbols = sorted(self.wanted)
-        self.stats = TickFileStats()
+        self.stats = DayFileStats()
         self.start, self.end = tick_store.day_window(day)
         self.window = (int(self.start.timestamp()) * 1_000_000_000, int(self.end.timestamp()) * 1_000_000_000)
         self._tickers = pa.array([s.encode() for s in self.symbols], pa.binary())  # also the symbols' COPY text
