@@ -298,7 +298,13 @@ def test_worker_and_beat_say_what_they_chose_once(tmp_path, monkeypatch, celery_
                 beat_log += line
         finally:
             beat.terminate()
-            beat_log += beat.communicate(timeout=20)[0]
+            try:
+                beat_log += beat.communicate(timeout=20)[0]
+            except subprocess.TimeoutExpired:
+                # What beat printed is what this test checks, not how fast it stops: once, under
+                # two test processes' load, a beat stopped just after start-up took longer.
+                beat.kill()
+                beat_log += beat.communicate()[0]
     expected = (f"database postgresql://postgres:***@{parts.host}:{parts.port}/{parts.database} (from TIMESCALE_HOST, "
                 "TIMESCALE_PORT, TIMESCALE_DB, TIMESCALE_PASSWORD); broker ")
     for log in (worker.log(), beat_log):
