@@ -111,8 +111,10 @@ return {0, due - now}
 class RateLimited(Exception):
     """No request budget within the caller's patience; `wait` is when to come back (seconds)."""
 
+    exhausted = "Polygon request budget exhausted"  # each provider's subclass names its own budget
+
     def __init__(self, wait: float):
-        super().__init__(f"Polygon request budget exhausted; next turn in {wait:.1f}s")
+        super().__init__(f"{self.exhausted}; next turn in {wait:.1f}s")
         self.wait = wait
 
 
@@ -149,6 +151,8 @@ class RateLimiter(Protocol):
 class _Limiter:
     """acquire() on top of a one-shot `_attempt(holder) -> (granted, wait_seconds)`."""
 
+    provider = "polygon"  # whose budget: the label of the wait metric
+
     def _attempt(self, holder: str | None) -> tuple[bool, float]:
         raise NotImplementedError
 
@@ -159,7 +163,7 @@ class _Limiter:
             granted, wait = self._attempt(holder)
             if granted:
                 return
-            metrics.rate_limit_wait("polygon", wait)  # slept here, or spent off the worker until its turn
+            metrics.rate_limit_wait(self.provider, wait)  # slept here, or spent off the worker until its turn
             if time.monotonic() + wait > deadline:
                 raise RateLimited(wait)
             time.sleep(wait)
@@ -244,9 +248,9 @@ _limiters: dict[tuple[Any, ...], RateLimiter] = {}
 _limiters_lock = threading.Lock()
 
 
-def window_limiter(settings: Settings, limit: int, window: float, key: str) -> RateLimiter:
-    """This process's view of a budget of `limit` requests per `window` seconds, shared by
-    every worker through CHRONOX_REDIS_URL (per process without it); one per budget key."""
+def window_limiter(settings: Settings, limit: int, window: float, key: str, provider: str = "polygon") -> RateLimiter:
+    """This process's view of `provider`'s budget of `limit` requests per `window` seconds,
+    shared by every worker through CHRONOX_REDIS_URL (per process without it); one per key."""
     cache_key = (os.getpid(), settings.redis_url, limit, window, key)
     with _limiters_lock:
         limiter = _limiters.get(cache_key)
@@ -258,6 +262,7 @@ def window_limiter(settings: Settings, limit: int, window: float, key: str) -> R
                 limiter = RedisRateLimiter(client, limit, window, key)
             else:
                 limiter = LocalRateLimiter(limit, window)
+            limiter.provider = provider
             _limiters[cache_key] = limiter
         return limiter
 

@@ -84,3 +84,21 @@ def test_state_expires_when_idle(redis_url):
     lim.acquire()
     client = redis.Redis.from_url(redis_url)
     assert 0 < client.pttl(f"{KEY}:granted") <= int((0.2 + margin(0.2)) * 1000) + 1000
+
+
+def test_each_providers_wait_is_counted_under_its_own_name():
+    from prometheus_client import REGISTRY
+
+    from chronox.ratelimit import window_limiter
+    from chronox.settings import Settings
+
+    def waited(provider: str) -> float:
+        return REGISTRY.get_sample_value("market_data_rate_limit_wait_seconds_total", {"provider": provider}) or 0.0
+
+    before = {p: waited(p) for p in ("binance", "polygon")}
+    budget = window_limiter(Settings(), 1, 60.0, "chronox:test:binance-weight", "binance")
+    budget.acquire()
+    with pytest.raises(RateLimited):
+        budget.acquire(max_wait=0)
+    assert waited("binance") - before["binance"] > 50  # the rest of the 60 s window
+    assert waited("polygon") == before["polygon"]

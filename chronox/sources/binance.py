@@ -82,10 +82,7 @@ class TransientBinanceError(TransientProviderError, BinanceError):
 class WeightLimited(RateLimited):
     """No request weight left within the caller's patience; `wait` is when to come back."""
 
-    def __init__(self, wait: float):
-        Exception.__init__(self, f"Binance request weight budget exhausted (CHRONOX_BINANCE_WEIGHT_LIMIT); "
-                                 f"next turn in {wait:.1f}s")
-        self.wait = wait
+    exhausted = "Binance request weight budget exhausted (CHRONOX_BINANCE_WEIGHT_LIMIT)"
 
 
 class WindowPause:
@@ -128,7 +125,7 @@ class WeightBudget:
 
 def weight_limiter(settings: Settings, window: float = WEIGHT_WINDOW) -> RateLimiter:
     """This process's view of the shared weight budget (per process without CHRONOX_REDIS_URL)."""
-    return window_limiter(settings, settings.binance_weight_limit, window, BUDGET_KEY)
+    return window_limiter(settings, settings.binance_weight_limit, window, BUDGET_KEY, PROVIDER)
 
 
 def _malformed(what: str, detail: str) -> BinanceError:

@@ -75,17 +75,14 @@ class PlanRefused(NotInPlan, CoinGeckoError):
 
 
 class CallsLimited(RateLimited):
-    def __init__(self, wait: float):
-        Exception.__init__(self, f"CoinGecko call budget exhausted (CHRONOX_COINGECKO_RATE_LIMIT); "
-                                 f"next turn in {wait:.1f}s")
-        self.wait = wait
+    exhausted = "CoinGecko call budget exhausted (CHRONOX_COINGECKO_RATE_LIMIT)"
 
 
 def call_limiter(settings: Settings, window: float = RATE_WINDOW) -> RateLimiter | None:
     """This process's view of the shared call budget; None when CoinGecko calls are unlimited."""
     if not settings.coingecko_rate_limit:
         return None
-    return window_limiter(settings, settings.coingecko_rate_limit, window, BUDGET_KEY)
+    return window_limiter(settings, settings.coingecko_rate_limit, window, BUDGET_KEY, PROVIDER)
 
 
 def plan_name(settings: Settings) -> str:
