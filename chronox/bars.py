@@ -39,6 +39,17 @@ class QuarantinedRow:
     reason: str
 
 
+RAW_LIMIT = 2000  # characters of a quarantined input kept
+
+
+def raw_line(text: str) -> str:
+    """A quarantined line as stored: cut to RAW_LIMIT characters (saying how many more there
+    were), and undecodable bytes kept as backslash escapes, which the database can store."""
+    if len(text) > RAW_LIMIT:
+        text = text[:RAW_LIMIT] + f"...(+{len(text) - RAW_LIMIT} chars)"
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _epoch(value: int, per_second: int, unit: str) -> dt.datetime:
     """A UTC datetime; ValueError when `value` cannot be a market time in `unit`."""
     seconds, rest = divmod(value, per_second)

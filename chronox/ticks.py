@@ -36,7 +36,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 
 from chronox import metrics, registry, tick_store
-from chronox.bars import QuarantinedRow, ts_from_ms, ts_from_ns
+from chronox.bars import RAW_LIMIT, QuarantinedRow, raw_line, ts_from_ms, ts_from_ns
 from chronox.calendar import NYSE
 from chronox.completion import record_failure
 from chronox.db import get_engine
@@ -64,7 +64,6 @@ STREAM = "stream"
 INT32_MAX = 2**31 - 1
 INT64_MAX = 2**63 - 1
 BLOCK_BYTES = 1 << 23  # decompressed bytes Arrow parses at a time: about 90,000 trade lines
-RAW_LIMIT = 2000  # characters of a quarantined line kept
 
 
 class Field(NamedTuple):
@@ -398,9 +397,7 @@ class TickFileReader:
         return "skip"
 
     def _quarantine(self, symbol: str | None, raw: str, reason: str) -> None:
-        if len(raw) > RAW_LIMIT:
-            raw = raw[:RAW_LIMIT] + f"...(+{len(raw) - RAW_LIMIT} chars)"
-        self.stats.quarantined.append(QuarantinedRow(self.origin, symbol, raw, reason))
+        self.stats.quarantined.append(QuarantinedRow(self.origin, symbol, raw_line(raw), reason))
 
     def _batches(self) -> Iterator[TickBatch]:
         reader = self._open()

@@ -36,7 +36,7 @@ import zlib
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
-from chronox.bars import MAX_TRANSACTIONS, UTC, QuarantinedRow, isoformat_utc, price_problem
+from chronox.bars import MAX_TRANSACTIONS, UTC, QuarantinedRow, isoformat_utc, price_problem, raw_line
 from chronox.markets import binance_symbol
 from chronox.settings import Settings
 from chronox.sources import http
@@ -129,13 +129,6 @@ class KlineRow(NamedTuple):
     transactions: int
 
 
-def _printable(fields: list[str]) -> str:
-    text = ",".join(fields)
-    if len(text) > 2000:
-        text = text[:2000] + f"...(+{len(text) - 2000} chars)"
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
 class BinanceDayReader:
     """The valid rows of one symbol's day file; bad rows go to `stats.quarantined`.
 
@@ -166,7 +159,7 @@ class BinanceDayReader:
         self._csv = archive.read(members[0])
 
     def _quarantine(self, fields: list[str], reason: str) -> None:
-        self.stats.quarantined.append(QuarantinedRow(self.origin, self.symbol, _printable(fields), reason))
+        self.stats.quarantined.append(QuarantinedRow(self.origin, self.symbol, raw_line(",".join(fields)), reason))
 
     def __iter__(self) -> Iterator[KlineRow]:
         text = io.StringIO(self._csv.decode("utf-8", "surrogateescape"), newline="")

@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from chronox.bars import MAX_TRANSACTIONS, QuarantinedRow, isoformat_utc, price_problem
+from chronox.bars import MAX_TRANSACTIONS, QuarantinedRow, isoformat_utc, price_problem, raw_line
 from chronox.calendar import day_bounds_utc
 from chronox.settings import Settings
 
@@ -139,13 +139,6 @@ class DayFileStats:
     duplicates: int = 0
     other_tickers: int = 0
     quarantined: list[QuarantinedRow] = field(default_factory=list)
-
-
-def _printable(fields: list[str]) -> str:
-    text = ",".join(fields)
-    if len(text) > 2000:
-        text = text[:2000] + f"...(+{len(text) - 2000} chars)"
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 # Numbers the kernels take as written: plain decimals, which Python's float() and int() and
@@ -281,7 +274,7 @@ class DayFileReader:
         return self.aliases.get(ticker, ticker) if self.aliases is not None else ticker
 
     def _quarantine(self, symbol: str | None, fields: list[str], reason: str) -> None:
-        self.stats.quarantined.append(QuarantinedRow(self.origin, symbol, _printable(fields), reason))
+        self.stats.quarantined.append(QuarantinedRow(self.origin, symbol, raw_line(",".join(fields)), reason))
 
     def __iter__(self) -> Iterator[FlatRow]:
         for batch in self.batches():

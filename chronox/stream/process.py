@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from chronox import health, metrics, registry, ticks
-from chronox.bars import UTC, isoformat_utc
+from chronox.bars import RAW_LIMIT, UTC, isoformat_utc
 from chronox.calendar import calendar_for, in_extended_session
 from chronox.db import get_engine
 from chronox.markets import Market, ProviderId, binance_symbol
@@ -236,7 +236,7 @@ class StreamProcess:
             bar = kline_bar(frame, names)
         except ValueError as exc:
             text = frame.decode("utf-8", "replace") if isinstance(frame, bytes) else frame
-            await self._offer([BadFrame(text[:2000], f"unusable kline: {exc}", "binance-ws")])
+            await self._offer([BadFrame(text[:RAW_LIMIT], f"unusable kline: {exc}", "binance-ws")])
             return
         if bar is not None:
             await self._offer([bar])
@@ -246,7 +246,7 @@ class StreamProcess:
             events, statuses = split_frame(frame)
         except ValueError as exc:
             text = frame.decode("utf-8", "replace") if isinstance(frame, bytes) else frame
-            events, statuses = [BadFrame(text[:2000], f"unreadable frame: {exc}")], []
+            events, statuses = [BadFrame(text[:RAW_LIMIT], f"unreadable frame: {exc}")], []
         for status in statuses:
             if status.get("status") == "success":
                 log.debug("stream: %s", status.get("message"))

@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 from sqlalchemy import Engine
 
 from chronox import metrics, registry, rollups, ticks
-from chronox.bars import UTC, Bar, QuarantinedRow
+from chronox.bars import RAW_LIMIT, UTC, Bar, QuarantinedRow
 from chronox.delivery import STOCKS_FROM_POLYGON, Delivery
 from chronox.settings import Settings
 from chronox.sources.reconnect import backoff_delay
@@ -263,7 +263,7 @@ def _validated(events: Sequence[Any]) -> tuple[list[Bar], list[QuarantinedRow], 
             except ValueError as exc:
                 symbol = event.get("sym")
                 bad.append(QuarantinedRow(ORIGIN, str(symbol)[:32] if symbol is not None else None,
-                                          json.dumps(event)[:2000], str(exc)))
+                                          json.dumps(event)[:RAW_LIMIT], str(exc)))
             continue
         convert, origin, key = CONVERTERS.get(kind, (am_to_bar, ORIGIN, "sym")) if isinstance(kind, str) \
             else (am_to_bar, ORIGIN, "sym")
@@ -272,5 +272,5 @@ def _validated(events: Sequence[Any]) -> tuple[list[Bar], list[QuarantinedRow], 
         except ValueError as exc:
             symbol = event.get(key) if isinstance(event, dict) else None
             bad.append(QuarantinedRow(origin, str(symbol)[:32] if symbol is not None else None,
-                                      json.dumps(event)[:2000], str(exc)))
+                                      json.dumps(event)[:RAW_LIMIT], str(exc)))
     return bars, bad, tick_rows
