@@ -51,6 +51,15 @@ Origin = tuple[str, str]  # market, provider: what every envelope names besides 
 STOCKS_FROM_POLYGON: Origin = ("stocks", "polygon")
 
 
+def by_origin(bars: Sequence[Bar], origins: Mapping[str, Origin], default: Origin = STOCKS_FROM_POLYGON
+              ) -> dict[Origin, list[Bar]]:
+    """Bars of several providers' symbols, grouped by the origin their envelopes name."""
+    groups: dict[Origin, list[Bar]] = {}
+    for bar in bars:
+        groups.setdefault(origins.get(bar.symbol, default), []).append(bar)
+    return groups
+
+
 def send_bars(publisher: KafkaPublisher, bars: Sequence[Bar], tf: str, kind: str = "backfill",
               origin: Origin = STOCKS_FROM_POLYGON) -> None:
     market, provider = origin
@@ -68,17 +77,18 @@ class Outgoing:
         self.conn = conn
         self._delivery = delivery
         self._kind = kind
-        self._bars: list[tuple[Sequence[Bar], str]] = []
+        self._bars: list[tuple[Sequence[Bar], str, Mapping[str, Origin]]] = []
         self._events: list[dict[str, Any]] = []
         self._mirror: Callable[[], None] | None = None
         self._outbox: list[store.OutboxEntry] = []
         self.tapped_rows = 0
         self.published = 0
 
-    def bars(self, bars: Sequence[Bar], tf: str) -> None:
-        """Stored bars, published one envelope each."""
+    def bars(self, bars: Sequence[Bar], tf: str, origins: Mapping[str, Origin] | None = None) -> None:
+        """Stored bars, published one envelope each; `origins` names the market and provider of
+        symbols that are not the writer's own origin (a batch of several providers' symbols)."""
         if bars:
-            self._bars.append((bars, tf))
+            self._bars.append((bars, tf, origins or {}))
 
     def events(self, events: Sequence[dict[str, Any]], mirror: Callable[[], None] | None = None) -> None:
         """Events keyed by their `symbol`, and the Redis work that goes with them."""
@@ -150,10 +160,11 @@ class Outgoing:
     def _send(self) -> None:
         publisher = self._delivery.publisher() if self._bars or self._events or self.tapped_rows else None
         if publisher is not None:
-            published = self.tapped_rows + sum(len(b) for b, _ in self._bars)
+            published = self.tapped_rows + sum(len(b) for b, _, _ in self._bars)
             with metrics.kafka_batch(self._kind, published + len(self._events)):
-                for bars, tf in self._bars:
-                    send_bars(publisher, bars, tf, self._kind, self._delivery.origin)
+                for bars, tf, origins in self._bars:
+                    for origin, group in by_origin(bars, origins, self._delivery.origin).items():
+                        send_bars(publisher, group, tf, self._kind, origin)
                 for event in self._events:
                     publisher.send(self._kind, event["symbol"], event)
                 publisher.flush()

@@ -120,7 +120,7 @@ def refresh_hourly(settings: Settings, symbols: Sequence[str], now: str | dt.dat
     with Delivery(settings).transaction() as out:
         store.upsert_bars_at(out.conn, "1h", bars)
         store.quarantine_rows(out.conn, bad)
-        out.bars(bars, "1h")
+        out.bars(bars, "1h", {i.symbol: i.origin for i in instruments})
     markets = {i.symbol: i.market.value for i in instruments}
     cached = caches.write_through(settings, [i.symbol for i in instruments if i.symbol not in failed],
                                   HOURLY_RANGES, moment, markets)

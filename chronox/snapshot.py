@@ -19,7 +19,7 @@ from sqlalchemy import Connection
 from chronox import registry
 from chronox.bars import UTC, isoformat_utc
 from chronox.db import get_engine
-from chronox.delivery import Delivery
+from chronox.delivery import STOCKS_FROM_POLYGON, Delivery
 from chronox.markets import Instrument
 from chronox.models import SnapshotLatest, table
 from chronox.providers import get_provider
@@ -103,7 +103,7 @@ def record(settings: Settings, snaps: Sequence[Snapshot], strategies: Mapping[st
     fetched_at = fetched_at or dt.datetime.now(UTC)
     origins = origins or {}
     events = [envelope(s, strategies.get(s.symbol, "snapshot"), fetched_at,
-                       origins.get(s.symbol, ("stocks", "polygon"))) for s in snaps]
+                       origins.get(s.symbol, STOCKS_FROM_POLYGON)) for s in snaps]
     with Delivery(settings).transaction(kind="snapshot") as out:
         _store(out.conn, snaps, fetched_at)
         out.events(events, mirror=lambda: _mirror(settings, events))
@@ -139,16 +139,22 @@ def refresh(settings: Settings, symbols: Sequence[str], method: str | None = Non
         groups.setdefault((instrument.market, instrument.provider), []).append(instrument)
     snaps: list[Snapshot] = []
     names: list[str] = []
+    left_out: dict[str, Any] | None = None
     for members in groups.values():
         provider = get_provider(settings, members[0], members[1:])
         if provider is None:
-            return skipped(settings, symbols, "snapshot")
+            # Only this provider's symbols wait for its key; the others' snapshots are taken.
+            left_out = skipped(settings, [i.symbol for i in members], "snapshot")
+            continue
         names.append(provider.name)
         snaps += fetch(provider, [i.symbol for i in members], method, settings.snapshot_batch)
+    if not names and left_out is not None:
+        return left_out
     record(settings, snaps, strategies, origins={i.symbol: i.origin for i in instruments})
     got = {s.symbol for s in snaps}
     missing = [s for s in symbols if s not in got]
     if missing:
         log.info("no %s price for %d symbol(s), e.g. %s", method, len(missing), ", ".join(missing[:5]))
-    return {"method": method, "provider": ",".join(sorted(set(names))), "symbols": len(symbols),
-            "stored": len(snaps), "missing": missing[:50]}
+    result = {"method": method, "provider": ",".join(sorted(set(names))), "symbols": len(symbols),
+              "stored": len(snaps), "missing": missing[:50]}
+    return result if left_out is None else {**result, "skipped": left_out["skipped"]}

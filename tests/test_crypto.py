@@ -221,6 +221,35 @@ def test_coingecko_daily_bars_and_snapshots(pg_url, redis_url, kafka, monkeypatc
     assert {e["tf"] for e in bars} == {"1d"} and len(bars) == 3
 
 
+def test_a_snapshot_batch_takes_every_provider_it_can_and_warns_for_the_one_without_a_key(pg_url, redis_url, kafka,
+                                                                                         monkeypatch):
+    """The periodic refresh batches snapshot symbols alphabetically, whatever their provider:
+    Polygon without POLYGON_API_KEY must not cost the CoinGecko symbols of the batch their prices."""
+    from chronox import snapshot
+    from chronox.settings import load_settings
+
+    monkeypatch.setenv("CHRONOX_REDIS_URL", redis_url)
+    engine = get_engine(pg_url)
+    registry.add_symbol(engine, "SOL-USD", "snapshot", market="crypto", provider="coingecko",
+                        provider_symbol="solana")
+    registry.add_symbol(engine, "SNAPX", "snapshot")  # stocks on Polygon, and no Polygon key here
+    with FakeCoinGecko(root="pro", keys={"cg-pro-test-key": "pro"}) as gecko:
+        monkeypatch.setenv("CHRONOX_COINGECKO_BASE_URL", gecko.base_url)
+        monkeypatch.setenv("CHRONOX_COINGECKO_PLAN", "pro")
+        monkeypatch.setenv("COINGECKO_API_KEY", "cg-pro-test-key")
+        gecko.set_price_record("solana", {"usd": 151.5, "usd_24h_vol": 1000.0, "last_updated_at": 1_709_424_000})
+        result = snapshot.refresh(load_settings(), ["SNAPX", "SOL-USD"])
+    assert (result["provider"], result["stored"], result["missing"]) == ("coingecko", 1, ["SNAPX"])
+    assert "POLYGON_API_KEY" in result["skipped"]
+    with engine.connect() as conn:
+        prices = conn.execute(text("SELECT symbol, price FROM snapshot_latest ORDER BY symbol")).all()
+    assert [tuple(p) for p in prices] == [("SOL-USD", 151.5)]
+    assert "POLYGON_API_KEY" in (registry.get_symbol(engine, "SNAPX").warning or "")
+    assert registry.get_symbol(engine, "SOL-USD").warning is None
+    [event] = kafka.json_messages("chronox.snapshot.SOL-USD", timeout_ms=1500)
+    assert (event["price"], event["market"], event["provider"]) == (151.5, "crypto", "coingecko")
+
+
 def test_coingecko_public_plan_ends_the_api_phase_with_a_warning_naming_the_plan(pg_url, redis_url, kafka,
                                                                               monkeypatch):
     monkeypatch.setenv("CHRONOX_REDIS_URL", redis_url)

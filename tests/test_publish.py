@@ -93,3 +93,26 @@ def test_db_first_with_kafka_up_publishes_right_after_commit(sqlite_url, flatfil
     assert result["published"] == expected[(symbol, DAY)]
     assert len(kafka.messages(f"chronox.backfill.{symbol}")) == expected[(symbol, DAY)]
     assert count(sqlite_url, "SELECT count(*) FROM publish_outbox") == 0
+
+
+@pytest.mark.parametrize("mode", ["kafka-first", "db-first"])
+def test_a_batch_of_several_providers_bars_names_each_ones_origin(pg_url, kafka, monkeypatch, mode):
+    """Real-time hourly bars come in one batch for stocks and crypto symbols alike."""
+    from chronox import store
+    from chronox.bars import Bar
+    from chronox.delivery import Delivery
+
+    monkeypatch.setenv("CHRONOX_PUBLISH_MODE", mode)
+    stock, pair = ("OGK", "OGK-USD") if mode == "kafka-first" else ("OGD", "OGD-USD")
+    ts = dt.datetime(2024, 1, 3, 15, tzinfo=dt.UTC)
+    bars = [Bar(stock, ts, 10.0, 11.0, 9.5, 10.5, 1000.0, None, None, "api"),
+            Bar(pair, ts, 42000.0, 42100.0, 41900.0, 42050.0, 3.5, None, None, "api")]
+    with Delivery(load_settings()).transaction() as out:
+        store.upsert_bars_at(out.conn, "1h", bars)
+        out.bars(bars, "1h", {pair: ("crypto", "binance")})
+    assert out.published == 2
+    [stock_envelope] = kafka.json_messages(f"chronox.backfill.{stock}")
+    [pair_envelope] = kafka.json_messages(f"chronox.backfill.{pair}")
+    assert (stock_envelope["tf"], stock_envelope["market"], stock_envelope["provider"]) == ("1h", "stocks", "polygon")
+    assert (pair_envelope["tf"], pair_envelope["market"], pair_envelope["provider"]) == ("1h", "crypto", "binance")
+    assert pair_envelope["ohlcv"]["close"] == 42050.0

@@ -21,7 +21,7 @@ from sqlalchemy import Engine
 
 from chronox import metrics, registry, rollups, ticks
 from chronox.bars import RAW_LIMIT, UTC, Bar, QuarantinedRow
-from chronox.delivery import STOCKS_FROM_POLYGON, Delivery
+from chronox.delivery import Delivery, by_origin
 from chronox.settings import Settings
 from chronox.sources.reconnect import backoff_delay
 from chronox.sources.websocket import am_to_bar, xa_to_bar
@@ -199,11 +199,7 @@ class BarWriter:
                 self._abort.wait(delay)
 
     def _publish(self, bars: list[Bar], bad: list[QuarantinedRow], tick_rows: TickRows) -> None:
-        origins = self.origins
-        groups: dict[tuple[str, str], list[Bar]] = {}
-        for bar in bars:
-            groups.setdefault(origins.get(bar.symbol, STOCKS_FROM_POLYGON), []).append(bar)
-        for origin, group in groups.items():
+        for origin, group in by_origin(bars, self.origins).items():
             self._stats.published += self._delivery.publish_bars(group, TIMEFRAME, kind="stream", origin=origin)
         for dataset, rows in tick_rows.items():  # trades and quotes: US stocks from Polygon
             self._stats.published += self._delivery.publish_ticks(dataset, rows)
