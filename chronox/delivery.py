@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
 from kafka.errors import KafkaError
@@ -68,6 +68,17 @@ def send_bars(publisher: KafkaPublisher, bars: Sequence[Bar], tf: str, kind: str
     for b in bars:
         ts = iso.get(b.ts) or iso.setdefault(b.ts, isoformat_utc(b.ts) or "")
         send(b.symbol, tf, ts, b.open, b.high, b.low, b.close, b.volume, b.source, kind, market, provider)
+
+
+def send_ticks(publisher: KafkaPublisher, kind: str, rows: Iterable[tick_store.Row],
+               origin: Origin = STOCKS_FROM_POLYGON) -> int:
+    """Ticks of dataset `kind` (trades, quotes), one envelope each; how many were sent."""
+    market, provider = origin
+    sent = 0
+    for row in rows:
+        publisher.send(kind, row["symbol"], tick_store.envelope(kind, row, market, provider))
+        sent += 1
+    return sent
 
 
 class Outgoing:
@@ -139,11 +150,10 @@ class Outgoing:
         publisher = self._delivery.publisher() if self._delivery.kafka_first else None
         if publisher is None:
             return None
-        market, provider = self._delivery.origin
+        origin = self._delivery.origin
 
         def send(row: tick_store.Row) -> None:
-            publisher.send(kind, row["symbol"], tick_store.envelope(kind, row, market, provider))
-            self.tapped_rows += 1
+            self.tapped_rows += send_ticks(publisher, kind, (row,), origin)
 
         return send
 
@@ -238,12 +248,10 @@ class Delivery:
         """Send ticks of dataset `kind` and wait for Kafka's acknowledgement; 0 when publishing is off."""
         if not rows or not self.settings.kafka_enabled:
             return 0
-        market, provider = origin or self.origin
         with self.kafka(), metrics.kafka_batch(kind, len(rows)):
             publisher = self.publisher()
             assert publisher is not None  # Kafka is enabled
-            for row in rows:
-                publisher.send(kind, row["symbol"], tick_store.envelope(kind, row, market, provider))
+            send_ticks(publisher, kind, rows, origin or self.origin)
             publisher.flush()
         return len(rows)
 
@@ -301,21 +309,22 @@ class Delivery:
             symbol, day, source = entry
             start, end = calendar_for(market).day_bounds(day)
             flushed = sent
+            ticks = tf == tick_store.OUTBOX_TF  # a tick symbol-day: `source` names its dataset
+            kind = source if ticks else "backfill"
             try:
                 with self.engine.connect() as conn:
-                    if tf == tick_store.OUTBOX_TF:  # a tick symbol-day: `source` names its dataset
-                        for row in tick_store.iter_rows(conn, source, [symbol], start, end):
-                            publisher.send(source, symbol, tick_store.envelope(source, row, market, provider))
+                    if ticks:
+                        sent += send_ticks(publisher, source, tick_store.iter_rows(conn, source, [symbol], start, end),
+                                           (market, provider))
+                    else:
+                        for bar in store.iter_bars(conn, [symbol], start, end, tf, source):
+                            publisher.send_bar(bar.symbol, tf, isoformat_utc(bar.ts), bar.open, bar.high, bar.low,
+                                               bar.close, bar.volume, bar.source, market=market, provider=provider)
                             sent += 1
-                    for bar in () if tf == tick_store.OUTBOX_TF else store.iter_bars(conn, [symbol], start, end,
-                                                                                      tf, source):
-                        publisher.send_bar(bar.symbol, tf, isoformat_utc(bar.ts), bar.open, bar.high, bar.low,
-                                           bar.close, bar.volume, bar.source, market=market, provider=provider)
-                        sent += 1
                 publisher.flush()
-                metrics.kafka_messages("backfill", "sent", sent - flushed)
+                metrics.kafka_messages(kind, "sent", sent - flushed)
             except Exception as exc:
-                metrics.kafka_messages("backfill", "failed", sent - flushed)
+                metrics.kafka_messages(kind, "failed", sent - flushed)
                 with self.engine.begin() as conn:
                     store.outbox_failed(conn, entry, str(exc))
                 raise

@@ -34,7 +34,7 @@ from chronox.calendar import NEW_YORK, NYSE, STOCKS, MarketCalendar, calendar_fo
 from chronox.db import get_engine
 from chronox.delivery import Delivery
 from chronox.markets import Instrument, as_instrument, lookup_symbol
-from chronox.providers import get_provider
+from chronox.providers import get_provider, provider_configured
 from chronox.rest import checked, not_in_plan, skipped
 from chronox.rollups import refresh_days
 from chronox.settings import Settings
@@ -331,7 +331,7 @@ def plan_fill(settings: Settings, instrument: Instrument | str, start: str, end:
     """The api phase's first step: the gaps of one symbol, as windows to fill one task each;
     a day whose regular session is over counts (REST has its bars)."""
     instrument = as_instrument(instrument)
-    if get_provider(settings, instrument) is None:
+    if not provider_configured(settings, instrument):
         return skipped(settings, [instrument.symbol], "api")
     return symbol_gaps(settings, instrument.symbol, start, end, market=instrument.market, closed=True).as_dict()
 

@@ -147,10 +147,6 @@ _lock = threading.Lock()
 
 # -- multiprocess mode (Celery prefork workers) -----------------------------------------
 
-def multiprocess_dir() -> str | None:
-    return _multiprocess_dir
-
-
 def enable_multiprocess(directory: str) -> None:
     """Count into files under `directory` from now on, in this process and every child it
     forks; the directory is emptied first (a previous run's files would add up)."""

@@ -261,6 +261,8 @@ def window_limiter(settings: Settings, limit: int, window: float, key: str, prov
                 client = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
                 limiter = RedisRateLimiter(client, limit, window, key)
             else:
+                # Once per budget and process, not per request: the budget is created once.
+                log.warning("the %s request budget holds per process only: CHRONOX_REDIS_URL is unset", provider)
                 limiter = LocalRateLimiter(limit, window)
             limiter.provider = provider
             _limiters[cache_key] = limiter
@@ -272,8 +274,6 @@ def get_limiter(settings: Settings) -> RateLimiter | None:
     or None when requests are unlimited."""
     if not settings.polygon_rate_limit:
         return None
-    if not settings.redis_url:
-        log.warning("CHRONOX_POLYGON_RATE_LIMIT holds per process only: CHRONOX_REDIS_URL is unset")
     etl, realtime = budget_split(settings.polygon_rate_limit, settings.realtime_budget_share)
     limiter = window_limiter(settings, etl, settings.polygon_rate_window, KEY)
     if realtime:

@@ -40,30 +40,32 @@ STEPS = {"reference": "reference data", "corporate_actions": "corporate actions"
          "api": "api gap fill", "snapshot": "snapshot"}
 
 
-def _set_aside(settings: Settings, symbols: Sequence[str], step: str, why: str, warn: bool) -> dict[str, Any]:
+def set_aside(settings: Settings, symbols: Sequence[str], step: str, why: str, warn: bool) -> dict[str, Any]:
+    """A step that cannot run for `symbols`: recorded in run_steps, and as the rows' warning
+    when it is one."""
     with get_engine(settings.database_url).begin() as conn:
         if warn:
             registry.note_warning(conn, symbols, why)
         record_steps(conn, symbols, step, "skipped", registry.Note.warning(why).text if warn else why)
-    return {"step": STEPS[step], "symbols": list(symbols), "skipped": why}
+    return {"step": STEPS.get(step, step), "symbols": list(symbols), "skipped": why}
 
 
 def skipped(settings: Settings, symbols: Sequence[str], step: str) -> dict[str, Any]:
     log.warning("%s for %s: %s", STEPS[step], ", ".join(symbols), SKIP_WARNING)
-    result = _set_aside(settings, symbols, step, SKIP_DETAIL, warn=True)
+    result = set_aside(settings, symbols, step, SKIP_DETAIL, warn=True)
     return {**result, "skipped": SKIP_WARNING}
 
 
 def not_offered(settings: Settings, symbol: str, step: str, why: str) -> dict[str, Any]:
     """A step that does not apply to the symbol's market or provider: recorded, no warning."""
-    return _set_aside(settings, [symbol], step, why, warn=False)
+    return set_aside(settings, [symbol], step, why, warn=False)
 
 
 def not_in_plan(settings: Settings, symbol: str, step: str, refusal: NotInPlan) -> dict[str, Any]:
     """A step the account's plan does not include: a warning that names the plan, not a
     failure, so the symbol's other phases and the run go on."""
     log.warning("%s for %s: %s", STEPS[step], symbol, refusal)
-    return _set_aside(settings, [symbol], step, str(refusal), warn=True)
+    return set_aside(settings, [symbol], step, str(refusal), warn=True)
 
 
 def checked(bars: Sequence[Bar], origin: str) -> tuple[list[Bar], list[QuarantinedRow]]:

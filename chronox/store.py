@@ -172,11 +172,12 @@ def _replace_sqlite(conn: Connection, records: Iterable[dict[str, Any]], symbols
                     start: dt.datetime, end: dt.datetime) -> None:
     conn.execute(delete(OHLCV).where(and_(OHLCV.c.symbol.in_(list(symbols)),
                                           OHLCV.c.ts >= start, OHLCV.c.ts < end)))
-    for batch in _batched(records, 5000):
+    for batch in batched(records, 5000):
         conn.execute(insert(OHLCV), batch)
 
 
-def _batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+def batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    """Lists of up to `size` items (one statement's worth of rows)."""
     iterator = iter(items)
     while batch := list(itertools.islice(iterator, size)):
         yield batch
@@ -242,12 +243,6 @@ def cover_days(conn: Connection, symbol: str, rows: Mapping[dt.date, int], sourc
     upsert(conn, COVERAGE, [{"symbol": symbol, "trading_day": d, "source": source, "rows": n}
                             for d, n in sorted(rows.items())],
            keys=("symbol", "trading_day", "source"), updates=("rows", "updated_at"))
-
-
-def covered_days(conn: Connection, symbol: str, first: dt.date, last: dt.date) -> set[dt.date]:
-    rows = conn.execute(select(COVERAGE.c.trading_day).where(
-        COVERAGE.c.symbol == symbol, COVERAGE.c.trading_day >= first, COVERAGE.c.trading_day <= last))
-    return {day for (day,) in rows}
 
 
 def coverage_by_day(conn: Connection, symbol: str, first: dt.date, last: dt.date) -> dict[dt.date, int]:

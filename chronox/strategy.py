@@ -53,10 +53,6 @@ def canonical_strategy(text: str) -> str:
     return "+".join(parse_strategy(text))
 
 
-def has_phase(strategy: str, phase: str) -> bool:
-    return phase in parse_strategy(strategy)
-
-
 def validate_symbol(text: str) -> str:
     """Upper-cases and checks a ticker so topic names, keys and paths built from it are safe."""
     if not isinstance(text, str):

@@ -13,7 +13,6 @@ chronox.delivery reads committed ticks back here to publish them (db-first outbo
 from __future__ import annotations
 
 import datetime as dt
-import itertools
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -95,19 +94,13 @@ def replace_day(conn: Connection, kind: str, symbols: Sequence[str], start: dt.d
         store.copy_into(conn, kind, lines or iter(()), COLUMNS[kind])
         return
     conn.execute(delete(target).where(_day_rows(target, symbols, start, end)))
-    for batch in _batched(records or (), 5000):
+    for batch in store.batched(records or (), 5000):
         conn.execute(insert(target), batch)
 
 
 def delete_day(conn: Connection, kind: str, symbols: Sequence[str], start: dt.datetime, end: dt.datetime) -> int:
     target = TABLES[kind]
     return conn.execute(delete(target).where(_day_rows(target, symbols, start, end))).rowcount or 0
-
-
-def _batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
-    iterator = iter(items)
-    while batch := list(itertools.islice(iterator, size)):
-        yield batch
 
 
 def _text(value: Any) -> str:

@@ -35,15 +35,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 
-from chronox import metrics, registry, tick_store
+from chronox import metrics, tick_store
 from chronox.bars import RAW_LIMIT, QuarantinedRow, raw_line, ts_from_ms, ts_from_ns
 from chronox.calendar import NYSE
 from chronox.completion import record_failure
 from chronox.db import get_engine
 from chronox.delivery import Delivery
-from chronox.markets import Instrument, Market, ProviderId, as_instrument
+from chronox.markets import PROVIDER_PHASES, Instrument, Market, ProviderId, as_instrument
 from chronox.providers import SKIP_DETAIL, get_provider
+from chronox.rest import set_aside
 from chronox.settings import Settings
+from chronox.sources import shown
 from chronox.sources.flatfiles import (
     US_STOCKS_QUOTES,
     US_STOCKS_TRADES,
@@ -52,7 +54,7 @@ from chronox.sources.flatfiles import (
     FlatFileStore,
     concatenated,
 )
-from chronox.store import quarantine_rows, record_steps
+from chronox.store import quarantine_rows
 from chronox.strategy import SYMBOL_PATTERN, parse_day, validate_symbol
 from chronox.tick_store import QUOTES, TRADES, Row
 
@@ -135,8 +137,8 @@ def tick_kind(dataset: str) -> TickKind:
 
 
 def serves_ticks(instrument: Instrument) -> bool:
-    """Ticks come from Polygon's US stocks data only (see chronox.markets.PROVIDER_PHASES)."""
-    return (instrument.market, instrument.provider) == (Market.STOCKS, ProviderId.POLYGON)
+    """Whether the symbol's provider serves ticks in its market (chronox.markets.PROVIDER_PHASES)."""
+    return bool(set(KINDS) & PROVIDER_PHASES.get((instrument.market, instrument.provider), frozenset()))
 
 
 # -- one value, by the rules every source shares --------------------------------------------
@@ -156,11 +158,6 @@ class BadValue(ValueError):
     """A value a tick cannot hold; str() is the quarantine reason."""
 
 
-def _shown(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
 def parse_value(f: Field, value: Any) -> Any:
     """A field's value from a day file's text (str) or Polygon's JSON, checked; None when
     absent and allowed. Raises BadValue with the reason."""
@@ -174,7 +171,7 @@ def parse_value(f: Field, value: Any) -> Any:
         elif isinstance(value, int) and not isinstance(value, bool):
             number = value
         else:
-            raise BadValue(f"{f.name} {_shown(value)} is not a non-negative integer")
+            raise BadValue(f"{f.name} {shown(value)} is not a non-negative integer")
         top = INT32_MAX if f.kind == "int32" else INT64_MAX
         if not 0 <= number <= top:
             raise BadValue(f"{f.name} {number} is not between 0 and {top}")
@@ -185,7 +182,7 @@ def parse_value(f: Field, value: Any) -> Any:
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
             real = float(value)
         else:
-            raise BadValue(f"{f.name} {_shown(value)} is not a number")
+            raise BadValue(f"{f.name} {shown(value)} is not a number")
         if not math.isfinite(real) or real < 0 or (f.kind == "price" and real == 0):
             raise BadValue(f"{f.name} must be {'positive' if f.kind == 'price' else '>= 0'} and finite, "
                            f"got {real!r}")
@@ -194,10 +191,10 @@ def parse_value(f: Field, value: Any) -> Any:
         if isinstance(value, list) and value and all(isinstance(c, int) and not isinstance(c, bool) for c in value):
             value = ",".join(str(c) for c in value)
         if not isinstance(value, str) or not _CODES.fullmatch(value):
-            raise BadValue(f"{f.name} {_shown(value)} is not a list of codes")
+            raise BadValue(f"{f.name} {shown(value)} is not a list of codes")
         return value
     if not isinstance(value, str) or not _ID.fullmatch(value):  # id
-        raise BadValue(f"{f.name} {_shown(value)} is not a trade id of up to 64 letters and digits")
+        raise BadValue(f"{f.name} {shown(value)} is not a trade id of up to 64 letters and digits")
     return value
 
 
@@ -745,11 +742,7 @@ def plan_day_files(settings: Settings, plans: Sequence[Planned]) -> tuple[dict[s
 
 
 def _skip(settings: Settings, symbol: str, dataset: str, why: str, warn: bool) -> dict[str, Any]:
-    """A tick step that cannot run: recorded in run_steps, and as the row's warning when it is one."""
-    with get_engine(settings.database_url).begin() as conn:
-        if warn:
-            registry.note_warning(conn, [symbol], why)
-        record_steps(conn, [symbol], dataset, "skipped", registry.Note.warning(why).text if warn else why)
+    set_aside(settings, [symbol], dataset, why, warn)
     return {"symbol": symbol, "dataset": dataset, "skipped": why}
 
 
@@ -890,7 +883,7 @@ def _ns(event: dict[str, Any], key: str) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise BadValue(f"{key}={_shown(value)} is not epoch milliseconds")
+        raise BadValue(f"{key}={shown(value)} is not epoch milliseconds")
     ts_from_ms(value)  # in range, or ValueError
     return value * 1_000_000
 
@@ -902,7 +895,7 @@ def stream_tick(event: Any) -> tuple[str, Row]:
     kind = STREAM_KINDS[event["ev"]]
     symbol = event.get("sym")
     if not isinstance(symbol, str) or not SYMBOL_PATTERN.fullmatch(symbol):
-        raise BadValue(f"invalid symbol {_shown(symbol)}")
+        raise BadValue(f"invalid symbol {shown(symbol)}")
     sip = _ns(event, "t")
     if kind.name == TRADES:
         values = {"sip_timestamp": sip, "sequence_number": event.get("q"), "exchange": event.get("x"),

@@ -44,6 +44,7 @@ from typing import Any
 
 from chronox.bars import MAX_TRANSACTIONS, UTC, Bar, ts_from_ms
 from chronox.breaker import CircuitBreaker, Hold, Throttled, get_breaker, get_hold
+from chronox.calendar import CRYPTO, market_day_bounds
 from chronox.markets import binance_symbol
 from chronox.ratelimit import RateLimited, RateLimiter, RequestBudget, window_limiter
 from chronox.settings import Settings
@@ -172,12 +173,6 @@ def kline_bar(symbol: str, row: Any, what: str, source: str = "api") -> Bar:
     return Bar(symbol, ts, o, h, low, c, v, quote_volume / v if v > 0 else None, trades, source)
 
 
-def utc_day_bounds(first: dt.date, last: dt.date) -> tuple[dt.datetime, dt.datetime]:
-    """[00:00 UTC of first, 00:00 UTC after last): crypto's days are UTC days."""
-    return (dt.datetime.combine(first, dt.time(0), UTC),
-            dt.datetime.combine(last + dt.timedelta(days=1), dt.time(0), UTC))
-
-
 def _ms(moment: dt.datetime) -> int:
     return int(moment.timestamp() * 1000)
 
@@ -295,12 +290,12 @@ class BinanceRest:
         """Klines of 1m, 5m, 15m or 1h (window start, UTC) on the UTC days first..last."""
         if timeframe not in INTERVAL_MS or timeframe == "1d":
             raise BinanceError(f"Binance intraday bars come in 1m, 5m, 15m and 1h, not {timeframe!r}")
-        start, end = utc_day_bounds(first, last)
+        start, end = market_day_bounds(CRYPTO, first, last)
         return self._klines(symbol, timeframe, start, end, f"{timeframe} klines of {symbol} {first}..{last}")
 
     def daily_bars(self, symbol: str, first: dt.date, last: dt.date) -> list[Bar]:
         """1d klines (00:00 UTC window start) of the UTC days first..last."""
-        start, end = utc_day_bounds(first, last)
+        start, end = market_day_bounds(CRYPTO, first, last)
         return self._klines(symbol, "1d", start, end, f"1d klines of {symbol} {first}..{last}")
 
     # -- reference data: nothing to ask for crypto ------------------------------------------

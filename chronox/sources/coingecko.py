@@ -41,11 +41,11 @@ from typing import Any
 
 from chronox.bars import Bar, ts_from_ms
 from chronox.breaker import CircuitBreaker, Hold, Throttled, get_breaker, get_hold
+from chronox.calendar import CRYPTO, market_day_bounds
 from chronox.ratelimit import RateLimited, RateLimiter, RequestBudget, window_limiter
 from chronox.settings import CoinGeckoPlan, Settings
 from chronox.sources import http, shown
 from chronox.sources.base import NotInPlan, ProviderError, Snapshot, TransientProviderError
-from chronox.sources.binance import utc_day_bounds
 
 PROVIDER = "coingecko"
 PUBLIC_BASE_URL = "https://api.coingecko.com/api/v3"
@@ -260,7 +260,7 @@ class CoinGeckoRest:
     def _ohlc(self, symbol: str, timeframe: str, first: dt.date, last: dt.date) -> list[Bar]:
         interval, step_ms, span_days = OHLC_INTERVALS[timeframe]
         coin, vs = self.coin_id(symbol), symbol.partition("-")[2].lower()
-        start, end = utc_day_bounds(first, last)
+        start, end = market_day_bounds(CRYPTO, first, last)
         what = f"{interval} OHLC of {symbol} ({coin}) {first}..{last}"
         bars: dict[dt.datetime, Bar] = {}
         chunk = start

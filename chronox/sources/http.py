@@ -85,10 +85,16 @@ def _reject_constant(name: str) -> float:
     raise ValueError(f"{name} is not a JSON number")
 
 
+def strict_json(data: bytes | str) -> Any:
+    """JSON without NaN and Infinity (Python's parser takes them; JSON has no such numbers):
+    ValueError for either, or for text that is not JSON."""
+    return json.loads(data, parse_constant=_reject_constant)
+
+
 def json_body(response: requests.Response, malformed: type[ProviderError], what: str) -> Any:
     """The body as JSON; NaN and Infinity (not JSON, though Python's parser takes them) refused."""
     try:
-        return json.loads(response.content, parse_constant=_reject_constant)
+        return strict_json(response.content)
     except ValueError as exc:
         raise malformed(f"malformed response to {what}: not JSON ({str(exc)[:120]})") from None
     except RecursionError:

@@ -111,10 +111,6 @@ def _malformed(what: str, detail: str) -> PolygonError:
     return PolygonError(f"malformed response to {what}: {detail}")
 
 
-def _reject_constant(name: str) -> float:
-    raise ValueError(f"{name} is not a JSON number")
-
-
 @overload
 def _number(record: dict[str, Any], key: str, what: str, required: Literal[True] = ...,
             positive: bool = ...) -> float: ...
@@ -265,7 +261,7 @@ class PolygonRest:
     def _json(self, response: Any, what: str) -> dict[str, Any]:
         try:
             # NaN and Infinity are not JSON; Python's parser would let them through as floats.
-            payload = json.loads(response.data, parse_constant=_reject_constant)
+            payload = http.strict_json(response.data)
         except ValueError as exc:
             raise _malformed(what, f"not JSON ({exc})") from None
         except RecursionError:
@@ -444,8 +440,7 @@ class PolygonRest:
         with a millisecond `timestamp`."""
         base, _, quote = symbol.partition("-")
         try:
-            payload = json.loads(self._client.get_last_crypto_trade(base, quote, raw=True).data,
-                                 parse_constant=_reject_constant)
+            payload = http.strict_json(self._client.get_last_crypto_trade(base, quote, raw=True).data)
         except ValueError as exc:
             raise _malformed(what, f"not JSON ({exc})") from None
         last = payload.get("last") if isinstance(payload, dict) else None

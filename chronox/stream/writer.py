@@ -213,7 +213,8 @@ class BarWriter:
                                 rollups.hour_floor(max(times)) + rollups.HOUR)
             quarantine_rows(conn, bad)
             stored_ticks = ticks.store_stream(conn, tick_rows)
-        metrics.stream_stored("polygon", (b.ts for b in bars))
+        for (market, provider), group in by_origin(bars, self.origins).items():
+            metrics.stream_stored(provider, (b.ts for b in group), market)
         metrics.trades_ingested(stored_ticks.get(ticks.TRADES, 0))
         self._stats.written += len(bars)
         self._stats.ticks += sum(stored_ticks.values())
