@@ -15,10 +15,14 @@ from chronox.db import dispose_engines, upgrade
 from chronox.testing.polygon_rest import FakePolygonRest
 from chronox.testing.services import MockKafka, temporary_database, truncate_all
 from chronox.testing.workers import WorkerProcess
-from tests.helpers import KEY
+from tests.helpers import KEY, StreamProcess, stream_starter
 
 if TYPE_CHECKING:
     from celery import Celery
+
+    from chronox.testing.polygon_ws import FakePolygonStream
+    from chronox.testing.provider_calls import ProviderWorkers
+    from tests.faults.servers import PrivatePostgres
 
 PG_ADMIN_URL = os.environ.get("CHRONOX_TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_SERVER = os.environ.get("CHRONOX_TEST_REDIS_SERVER", "redis://127.0.0.1:6379")
@@ -65,6 +69,22 @@ def sqlite_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     upgrade(url)
     monkeypatch.setenv("CHRONOX_DATABASE_URL", url)
     return url
+
+
+@pytest.fixture
+def private_postgres(monkeypatch: pytest.MonkeyPatch) -> Iterator[PrivatePostgres]:
+    """A PostgreSQL server of this test's own (tests/faults/servers.py), which it may stop and
+    start: migrated and selected through the environment, destroyed at the end."""
+    from tests.faults.servers import PrivatePostgres
+
+    server = PrivatePostgres()
+    try:
+        upgrade(server.url)
+        monkeypatch.setenv("CHRONOX_DATABASE_URL", server.url)
+        yield server
+    finally:
+        dispose_engines()
+        server.destroy()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -192,3 +212,29 @@ def rest_db(db_url: str) -> str:
 def rest_pg(pg_url: str) -> str:
     """pg_url for the REST tests: every table starts empty there."""
     return pg_url
+
+
+@pytest.fixture(scope="module")
+def workers() -> Iterator[ProviderWorkers]:
+    """Worker processes that call a provider together (limits shared across processes)."""
+    from chronox.testing.provider_calls import ProviderWorkers
+
+    pool = ProviderWorkers(2)
+    yield pool
+    pool.close()
+
+
+@pytest.fixture
+def ws() -> Iterator[FakePolygonStream]:
+    """The Polygon websocket stand-in."""
+    from chronox.testing.polygon_ws import FakePolygonStream
+
+    with FakePolygonStream() as server:
+        yield server
+
+
+@pytest.fixture
+def start_stream(ws: FakePolygonStream, tmp_path: Path) -> Iterator[Callable[..., StreamProcess]]:
+    """Start `chronox stream` subprocesses on `ws` (keyword arguments: settings to override)."""
+    with stream_starter(ws, tmp_path) as start:
+        yield start

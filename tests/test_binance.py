@@ -39,6 +39,7 @@ from chronox.testing.binance import (
     minute_rows,
 )
 from chronox.testing.provider_calls import ProviderWorkers
+from tests.helpers import provider_env, utc
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -46,17 +47,10 @@ DAY = dt.date(2024, 1, 2)
 MS_PER_MINUTE = 60_000
 
 
-def utc(*args: int) -> dt.datetime:
-    return dt.datetime(*args, tzinfo=UTC)
-
-
 @pytest.fixture
 def env(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
     """Shared state in this test's Redis database; no API key unless a test sets one."""
-    monkeypatch.setenv("CHRONOX_REDIS_URL", redis_url)
-    monkeypatch.setenv("CHRONOX_POLYGON_TIMEOUT", "5")
-    monkeypatch.delenv("BINANCE_API_KEY", raising=False)
-    return redis_url
+    return provider_env(monkeypatch, redis_url, "BINANCE_API_KEY")
 
 
 @pytest.fixture
@@ -215,13 +209,6 @@ def test_errors_are_classified_and_the_key_never_shows(binance, monkeypatch):
 
 
 # -- sharing Binance's limits between processes ---------------------------------------------------
-
-@pytest.fixture(scope="module")
-def workers() -> Iterator[ProviderWorkers]:
-    pool = ProviderWorkers(2)
-    yield pool
-    pool.close()
-
 
 def in_processes(workers: ProviderWorkers, action: str, processes: int = 1, count: int = 1, window: float = 60.0,
                  before: Callable[[], object] = lambda: None) -> list[tuple[str, Any]]:

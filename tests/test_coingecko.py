@@ -10,13 +10,14 @@ from typing import Any
 
 import pytest
 
-from chronox.bars import UTC, Bar
+from chronox.bars import Bar
 from chronox.breaker import Throttled, breaker_states
 from chronox.settings import ConfigError, load_settings
 from chronox.sources.base import ProviderError, Snapshot, TransientProviderError
 from chronox.sources.coingecko import PRO_BASE_URL, PUBLIC_BASE_URL, CoinGeckoError, CoinGeckoRest, PlanRefused
 from chronox.testing.coingecko import OHLC_EXAMPLE, SIMPLE_PRICE_EXAMPLE, FakeCoinGecko
 from chronox.testing.provider_calls import ProviderWorkers
+from tests.helpers import provider_env, utc
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -25,16 +26,10 @@ PRO_KEY, DEMO_KEY = "pro-sekrit", "demo-sekrit"
 HOUR, DAY_MS = 3_600_000, 86_400_000
 
 
-def utc(*args: int) -> dt.datetime:
-    return dt.datetime(*args, tzinfo=UTC)
-
-
 @pytest.fixture
 def env(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setenv("CHRONOX_REDIS_URL", redis_url)
-    monkeypatch.setenv("CHRONOX_POLYGON_TIMEOUT", "5")
-    monkeypatch.delenv("COINGECKO_API_KEY", raising=False)
-    return redis_url
+    """Shared state in this test's Redis database; no API key unless a test sets one."""
+    return provider_env(monkeypatch, redis_url, "COINGECKO_API_KEY")
 
 
 def serve(monkeypatch: pytest.MonkeyPatch, root: str, plan: str | None, key: str | None, **kwargs: Any) -> Any:
@@ -179,13 +174,6 @@ def test_malformed_and_failing_answers(public):
     public.fail_next("500")
     with pytest.raises(TransientProviderError, match="CoinGecko answered 500"):
         gecko().snapshots(["BTC-USD"])
-
-
-@pytest.fixture(scope="module")
-def workers() -> Iterator[ProviderWorkers]:
-    pool = ProviderWorkers(2)
-    yield pool
-    pool.close()
 
 
 def in_processes(workers: ProviderWorkers, processes: int = 1, count: int = 1, window: float = 60.0,

@@ -47,6 +47,13 @@ def utc_rows(url: str, symbol: str) -> dict[str, int]:
     return out
 
 
+def run_solana_on_coingecko(engine: Any) -> tuple[int, str]:
+    """Register SOL-USD as CoinGecko's daily "solana" (api+snapshot) and `chronox run` it over the weekend."""
+    registry.add_symbol(engine, "SOL-USD", "api+snapshot", timeframe="1d", market="crypto",
+                        provider="coingecko", provider_symbol="solana")
+    return invoke("run", "--symbols", "SOL-USD", "--start", SAT.isoformat(), "--end", MON.isoformat(), "--json")
+
+
 @pytest.fixture
 def binance(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeBinance]:
     monkeypatch.setenv("CHRONOX_REDIS_URL", redis_url)
@@ -202,10 +209,7 @@ def test_coingecko_daily_bars_and_snapshots(pg_url, redis_url, kafka, monkeypatc
         gecko.set_price_record("solana", {"usd": 104.25, "usd_24h_vol": 123456.0,
                                           "last_updated_at": day_ms[-1] // 1000 + 3600})
         engine = get_engine(pg_url)
-        registry.add_symbol(engine, "SOL-USD", "api+snapshot", timeframe="1d", market="crypto",
-                            provider="coingecko", provider_symbol="solana")
-        code, out = invoke("run", "--symbols", "SOL-USD", "--start", SAT.isoformat(), "--end", MON.isoformat(),
-                           "--json")
+        code, out = run_solana_on_coingecko(engine)
         assert code == 0, out
     with engine.connect() as conn:
         daily = conn.execute(text("SELECT day, open, close, source FROM ohlcv_1d WHERE symbol = 'SOL-USD' "
@@ -230,23 +234,23 @@ def test_a_snapshot_batch_takes_every_provider_it_can_and_warns_for_the_one_with
 
     monkeypatch.setenv("CHRONOX_REDIS_URL", redis_url)
     engine = get_engine(pg_url)
-    registry.add_symbol(engine, "SOL-USD", "snapshot", market="crypto", provider="coingecko",
-                        provider_symbol="solana")
+    registry.add_symbol(engine, "ADA-USD", "snapshot", market="crypto", provider="coingecko",
+                        provider_symbol="cardano")
     registry.add_symbol(engine, "SNAPX", "snapshot")  # stocks on Polygon, and no Polygon key here
     with FakeCoinGecko(root="pro", keys={"cg-pro-test-key": "pro"}) as gecko:
         monkeypatch.setenv("CHRONOX_COINGECKO_BASE_URL", gecko.base_url)
         monkeypatch.setenv("CHRONOX_COINGECKO_PLAN", "pro")
         monkeypatch.setenv("COINGECKO_API_KEY", "cg-pro-test-key")
-        gecko.set_price_record("solana", {"usd": 151.5, "usd_24h_vol": 1000.0, "last_updated_at": 1_709_424_000})
-        result = snapshot.refresh(load_settings(), ["SNAPX", "SOL-USD"])
+        gecko.set_price_record("cardano", {"usd": 151.5, "usd_24h_vol": 1000.0, "last_updated_at": 1_709_424_000})
+        result = snapshot.refresh(load_settings(), ["SNAPX", "ADA-USD"])
     assert (result["provider"], result["stored"], result["missing"]) == ("coingecko", 1, ["SNAPX"])
     assert "POLYGON_API_KEY" in result["skipped"]
     with engine.connect() as conn:
         prices = conn.execute(text("SELECT symbol, price FROM snapshot_latest ORDER BY symbol")).all()
-    assert [tuple(p) for p in prices] == [("SOL-USD", 151.5)]
+    assert [tuple(p) for p in prices] == [("ADA-USD", 151.5)]
     assert "POLYGON_API_KEY" in (registry.get_symbol(engine, "SNAPX").warning or "")
-    assert registry.get_symbol(engine, "SOL-USD").warning is None
-    [event] = kafka.json_messages("chronox.snapshot.SOL-USD", timeout_ms=1500)
+    assert registry.get_symbol(engine, "ADA-USD").warning is None
+    [event] = kafka.json_messages("chronox.snapshot.ADA-USD", timeout_ms=1500)
     assert (event["price"], event["market"], event["provider"]) == (151.5, "crypto", "coingecko")
 
 
@@ -258,10 +262,7 @@ def test_coingecko_public_plan_ends_the_api_phase_with_a_warning_naming_the_plan
         gecko.set_price_record("solana", {"usd": 99.5, "usd_24h_vol": 10.0,
                                           "last_updated_at": int(dt.datetime(2024, 1, 8, 1, tzinfo=UTC).timestamp())})
         engine = get_engine(pg_url)
-        registry.add_symbol(engine, "SOL-USD", "api+snapshot", timeframe="1d", market="crypto",
-                            provider="coingecko", provider_symbol="solana")
-        code, out = invoke("run", "--symbols", "SOL-USD", "--start", SAT.isoformat(), "--end", MON.isoformat(),
-                           "--json")
+        code, out = run_solana_on_coingecko(engine)
         assert code == 0, out
         ohlc_calls = [r for r in gecko.requests if r.path.endswith("/ohlc/range")]
     [row] = registry.list_symbols(engine)

@@ -19,7 +19,7 @@ import pytest
 from chronox import health
 from chronox.db import upgrade
 from chronox.settings import ConfigError, Settings, load_settings
-from tests.faults.servers import PrivatePostgres, PrivateRedis, free_port
+from tests.faults.servers import PrivateRedis, free_port
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.timeout(180)
@@ -48,21 +48,7 @@ def own_redis(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Priva
     server.stop()
 
 
-@pytest.fixture
-def own_postgres(monkeypatch: pytest.MonkeyPatch) -> Iterator[PrivatePostgres]:
-    from chronox.db import dispose_engines
-
-    server = PrivatePostgres()
-    try:
-        upgrade(server.url)
-        monkeypatch.setenv("CHRONOX_DATABASE_URL", server.url)
-        yield server
-    finally:
-        dispose_engines()
-        server.destroy()
-
-
-def test_a_workers_readiness_and_liveness_follow_postgres_and_redis(start_worker, own_redis, own_postgres,
+def test_a_workers_readiness_and_liveness_follow_postgres_and_redis(start_worker, own_redis, private_postgres,
                                                                     monkeypatch, celery_client):
     # celery_client comes after own_redis: it is made on this test's private broker.
     port = free_port()
@@ -74,14 +60,14 @@ def test_a_workers_readiness_and_liveness_follow_postgres_and_redis(start_worker
     assert body["status"] == "ready" and body["component"] == "worker"
     assert all(c["latency_ms"] > 0 for c in body["checks"])
 
-    own_postgres.stop()
+    private_postgres.stop()
     status, body = get(port, "/readyz")
     database = next(c for c in body["checks"] if c["name"] == "database")
     assert (status, body["status"], database["ok"]) == (503, "not ready", False)
     assert "OperationalError" in database["detail"]
     assert [c["ok"] for c in body["checks"] if c["name"] != "database"] == [True, True]
     assert get(port, "/healthz")[0] == 200  # the broker is there: the worker is live
-    own_postgres.start()
+    private_postgres.start()
     wait_until(lambda: checks(port)[0] == 200, timeout=30, what="ready again after PostgreSQL is back")
 
     own_redis.stop()

@@ -18,7 +18,6 @@ import urllib.parse
 import urllib.request
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from chronox import registry
 from chronox.db import get_engine
 from chronox.sample import day_rows, write_day_file
-from chronox.testing.polygon_ws import FakePolygonStream
 from tests.conftest import DAYS, REPO
 from tests.faults.servers import free_port
 from tests.helpers import count, serve_days, wait_for_statuses, wait_until
@@ -70,53 +68,6 @@ def am(symbol: str, start_ms: int, price: float = 100.0, **extra: Any) -> dict[s
     return {"ev": "AM", "sym": symbol, "v": 1200, "av": 5000, "op": price, "vw": price + 0.1, "o": price,
             "c": price + 0.25, "h": price + 0.5, "l": price - 0.5, "a": price, "z": 12,
             "s": start_ms, "e": start_ms + 60_000, **extra}
-
-
-class StreamProcess:
-    """`chronox stream` with `env`; its stderr kept in a file."""
-
-    def __init__(self, env: dict[str, str], log_dir: Path):
-        self.err_path = log_dir / f"stream-{uuid.uuid4().hex[:6]}.err"
-        self._err = open(self.err_path, "wb")
-        self.proc = subprocess.Popen([sys.executable, "-c", "from chronox.cli import main; main()", "stream"],
-                                     cwd=REPO, env=env,
-                                     stdout=subprocess.DEVNULL, stderr=self._err)
-
-    def log(self) -> str:
-        return self.err_path.read_text(errors="replace")
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._err.close()
-        return self.proc.returncode
-
-
-@pytest.fixture
-def ws() -> Iterator[FakePolygonStream]:
-    with FakePolygonStream() as server:
-        yield server
-
-
-@pytest.fixture
-def start_stream(ws: FakePolygonStream, tmp_path: Path) -> Iterator[Callable[..., StreamProcess]]:
-    processes: list[StreamProcess] = []
-
-    def start(**overrides: str) -> StreamProcess:
-        env = {**os.environ, "POLYGON_API_KEY": ws.api_key, "CHRONOX_POLYGON_WS_URL": ws.url,
-               "CHRONOX_STREAM_POLL_SECONDS": "0.3", "CHRONOX_STREAM_STAMP_SECONDS": "0.2", **overrides}
-        process = StreamProcess(env, tmp_path)
-        processes.append(process)
-        return process
-
-    yield start
-    for process in processes:
-        process.stop()
 
 
 def write_day_with_bad_rows(root: Path, day: dt.date, symbol: str) -> int:
@@ -239,7 +190,7 @@ def test_the_stream_serves_its_bars_quarantine_subscriptions_and_lag(pg_url, ws,
     assert status == 200 and json.loads(body)["component"] == "stream"
     status, body = get(port, "/readyz")
     assert status == 200 and [c["name"] for c in json.loads(body)["checks"]] == ["database"]
-    assert stream.stop() == 0
+    assert stream.stop()[0] == 0
 
 
 # -- a real Prometheus ----------------------------------------------------------------------

@@ -10,17 +10,17 @@ import uuid
 import psycopg2
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 
 from chronox import partitions
 from chronox.backfill import load_day
 from chronox.bars import Bar
-from chronox.db import alembic_config, dispose_engines, get_engine, upgrade
+from chronox.db import alembic_config, get_engine, upgrade
 from chronox.partitions import PARTITION_SCHEMA, Interval, Scheme
 from chronox.sample import day_rows, write_day_file
 from chronox.settings import ConfigError, Settings, load_settings
 from chronox.store import upsert_bars
-from tests.helpers import count
+from tests.helpers import count, empty_database
 
 UTC = dt.UTC
 
@@ -238,19 +238,8 @@ def test_the_retention_setting(value, expected):
 
 @pytest.fixture
 def private_url():
-    from tests.conftest import PG_ADMIN_URL
-
-    name = f"chronox_test_partitions_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        dispose_engines()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with empty_database("chronox_test_partitions") as url:
+        yield url
 
 
 def test_the_migration_partitions_ohlcv_1m_with_its_rows_key_and_indexes(private_url):

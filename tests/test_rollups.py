@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import datetime as dt
 import random
-import uuid
 
 import pytest
-from sqlalchemy import DateTime, bindparam, create_engine, insert, inspect, text
+from sqlalchemy import DateTime, bindparam, insert, inspect, text
 
 from alembic import command
 from chronox import rollups
-from chronox.db import alembic_config, dispose_engines, get_engine, upgrade
+from chronox.db import alembic_config, get_engine, upgrade
 from chronox.models import Ohlcv1m
+from tests.helpers import empty_database
 
 UTC = dt.UTC
 VIEWS = ("ohlcv_5m", "ohlcv_15m", "ohlcv_1h")
@@ -193,19 +193,8 @@ def private_url(request, tmp_path):
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'roundtrip.db'}"
         return
-    from tests.conftest import PG_ADMIN_URL
-
-    name = f"chronox_test_rollups_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        dispose_engines()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with empty_database("chronox_test_rollups") as url:
+        yield url
 
 
 def test_views_of_0003_then_tables_of_0007_with_the_same_rows(private_url):

@@ -17,13 +17,9 @@ from chronox.calendar import in_market_session, latest_session_day
 from chronox.settings import ConfigError, load_settings
 from chronox.tasks.config import celery_config
 from tests.conftest import REPO
-from tests.helpers import wait_until
+from tests.helpers import utc, wait_until
 
 UTC = dt.UTC
-
-
-def utc(*parts: int) -> dt.datetime:
-    return dt.datetime(*parts, tzinfo=UTC)
 
 
 def entries():

@@ -6,10 +6,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -29,8 +26,7 @@ from chronox.sources.websocket import am_to_bar
 from chronox.store import OHLCV
 from chronox.testing.binance import FakeBinanceStream
 from chronox.testing.polygon_ws import FakePolygonStream
-from tests.conftest import REPO
-from tests.helpers import wait_until
+from tests.helpers import StreamProcess, as_utc, stream_starter, wait_until
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -50,12 +46,6 @@ def am(symbol: str, start_ms: int, price: float = 100.0, **extra: Any) -> dict[s
             "s": start_ms, "e": start_ms + 60_000, **extra}
 
 
-def as_utc(value: Any) -> dt.datetime:
-    if isinstance(value, str):
-        value = dt.datetime.fromisoformat(value)
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
 def stored_bars(url: str, symbol: str) -> dict[dt.datetime, tuple]:
     with get_engine(url).connect() as conn:
         rows = conn.execute(text("SELECT ts, open, high, low, close, volume, vwap, transactions, source "
@@ -68,62 +58,18 @@ def scalar(url: str, sql: str, **params: Any) -> Any:
         return conn.execute(text(sql), params).scalar()
 
 
-class StreamProcess:
-    """`python -m chronox.cli stream` with the test's environment; output kept in files."""
-
-    def __init__(self, env: dict[str, str], log_dir: Path):
-        self.out_path, self.err_path = log_dir / "stream.out", log_dir / "stream.err"
-        self._out, self._err = open(self.out_path, "wb"), open(self.err_path, "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "chronox.cli", "stream"], cwd=REPO, env=env,
-                                     stdout=self._out, stderr=self._err)
-
-    def log(self) -> str:
-        return self.err_path.read_text(errors="replace")
-
-    def wait(self, timeout: float = 30) -> int:
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(f"stream process still running after {timeout}s:\n{self.log()}") from None
-
-    def stop(self, sig: int | None = signal.SIGTERM, timeout: float = 30) -> tuple[int, dict[str, Any]]:
-        """Signal (unless sig is None), wait, and return the exit code and the final stats line."""
-        if sig is not None:
-            self.proc.send_signal(sig)
-        code = self.wait(timeout)
-        lines = self.out_path.read_text().strip().splitlines()
-        return code, json.loads(lines[-1]) if lines else {}
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        self._out.close()
-        self._err.close()
+@pytest.fixture
+def polygon(ws: FakePolygonStream) -> FakePolygonStream:
+    """The websocket stand-in of tests/conftest.py, by the name this module's tests use."""
+    return ws
 
 
 @pytest.fixture
-def polygon() -> Iterator[FakePolygonStream]:
-    with FakePolygonStream() as server:
-        yield server
-
-
-@pytest.fixture
-def start_stream(polygon: FakePolygonStream, tmp_path: Path) -> Iterator[Callable[..., StreamProcess]]:
-    processes: list[StreamProcess] = []
-
-    def start(**overrides: str) -> StreamProcess:
-        env = {**os.environ, "POLYGON_API_KEY": polygon.api_key, "CHRONOX_POLYGON_WS_URL": polygon.url,
-               "CHRONOX_STREAM_POLL_SECONDS": "0.3", "CHRONOX_STREAM_STAMP_SECONDS": "0.2",
-               "CHRONOX_STREAM_RECONNECT_MIN_SECONDS": "0.05", "CHRONOX_STREAM_RECONNECT_MAX_SECONDS": "0.2",
-               **overrides}
-        process = StreamProcess(env, tmp_path)
-        processes.append(process)
-        return process
-
-    yield start
-    for process in processes:
-        process.close()
+def start_stream(ws: FakePolygonStream, tmp_path: Path) -> Iterator[Callable[..., StreamProcess]]:
+    """tests/conftest.py's start_stream, reconnecting quickly."""
+    with stream_starter(ws, tmp_path, CHRONOX_STREAM_RECONNECT_MIN_SECONDS="0.05",
+                        CHRONOX_STREAM_RECONNECT_MAX_SECONDS="0.2") as start:
+        yield start
 
 
 def subscribed(polygon: FakePolygonStream, *symbols: str, timeout: float = 15) -> None:

@@ -3,10 +3,7 @@ for streaming symbols with the trades/quotes phases and stores and publishes the
 Polygon websocket stand-in sends in Polygon's documented T/Q shapes."""
 from __future__ import annotations
 
-import os
 import uuid
-from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,9 +12,7 @@ from sqlalchemy import text
 from chronox import registry
 from chronox.db import get_engine
 from chronox.testing import polygon_tick_examples as ex
-from chronox.testing.polygon_ws import FakePolygonStream
 from tests.helpers import wait_until
-from tests.test_stream import StreamProcess
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -31,28 +26,6 @@ def unique(prefix: str) -> str:
 def scalar(url: str, sql: str) -> Any:
     with get_engine(url).connect() as conn:
         return conn.execute(text(sql)).scalar()
-
-
-@pytest.fixture
-def ws() -> Iterator[FakePolygonStream]:
-    with FakePolygonStream() as server:
-        yield server
-
-
-@pytest.fixture
-def start_stream(ws: FakePolygonStream, tmp_path: Path) -> Iterator[Callable[[], StreamProcess]]:
-    processes: list[StreamProcess] = []
-
-    def start() -> StreamProcess:
-        env = {**os.environ, "POLYGON_API_KEY": ws.api_key, "CHRONOX_POLYGON_WS_URL": ws.url,
-               "CHRONOX_STREAM_POLL_SECONDS": "0.3", "CHRONOX_STREAM_STAMP_SECONDS": "0.2"}
-        process = StreamProcess(env, tmp_path)
-        processes.append(process)
-        return process
-
-    yield start
-    for process in processes:
-        process.close()
 
 
 def test_trade_and_quote_events_are_stored_and_published(db_url, kafka, ws, start_stream):

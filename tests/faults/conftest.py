@@ -1,5 +1,6 @@
 """Fixtures of the fault tests: servers a test owns and may take away (tests.faults.servers,
-tests.faults.support.PrivateKafka), each selected through the environment."""
+tests.faults.support.PrivateKafka), each selected through the environment. private_postgres
+is in tests/conftest.py: tests outside tests/faults use it too."""
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.servers import PrivatePostgres, PrivateRedis
+from tests.faults.servers import PrivateRedis
 from tests.faults.support import PrivateKafka
 
 
@@ -19,21 +20,6 @@ def private_redis(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[P
     monkeypatch.setenv("CHRONOX_RESULT_BACKEND", server.url)
     yield server
     server.stop()
-
-
-@pytest.fixture
-def private_postgres(monkeypatch: pytest.MonkeyPatch) -> Iterator[PrivatePostgres]:
-    """This test's database, migrated and selected through the environment."""
-    from chronox.db import dispose_engines, upgrade
-
-    server = PrivatePostgres()
-    try:
-        upgrade(server.url)
-        monkeypatch.setenv("CHRONOX_DATABASE_URL", server.url)
-        yield server
-    finally:
-        dispose_engines()
-        server.destroy()
 
 
 @pytest.fixture
