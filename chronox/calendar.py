@@ -5,6 +5,7 @@ time; on an early-close day the after-hours session ends at 17:00.
 """
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 import functools
 from collections.abc import Callable
@@ -46,12 +47,25 @@ def _clip(start: dt.date, end: dt.date) -> tuple[dt.date, dt.date] | None:
     return (start, end) if start <= end else None
 
 
+@functools.lru_cache(maxsize=64)
+def _year_sessions(year: int) -> tuple[dt.date, ...]:
+    # exchange-calendars answers in about 0.1 ms per call: planning and scanning thousands of
+    # symbols ask it per year once instead of per symbol.
+    bounds = _clip(dt.date(year, 1, 1), dt.date(year, 12, 31))
+    if bounds is None:
+        return ()
+    return tuple(ts.date() for ts in _xnys().sessions_in_range(bounds[0].isoformat(), bounds[1].isoformat()))
+
+
 def trading_days(start: dt.date, end: dt.date) -> list[dt.date]:
     """NYSE sessions from start to end inclusive (holidays and weekends excluded)."""
-    bounds = _clip(start, end)
-    if bounds is None:
+    if _clip(start, end) is None:
         return []
-    return [ts.date() for ts in _xnys().sessions_in_range(bounds[0].isoformat(), bounds[1].isoformat())]
+    out: list[dt.date] = []
+    for year in range(max(start.year, _xnys().first_session.year), min(end.year, _xnys().last_session.year) + 1):
+        days = _year_sessions(year)
+        out.extend(days[bisect.bisect_left(days, start):bisect.bisect_right(days, end)])
+    return out
 
 
 def is_trading_day(day: dt.date) -> bool:

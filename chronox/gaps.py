@@ -57,29 +57,9 @@ def last_complete_day(now: dt.datetime | None = None, market: str = STOCKS) -> d
     return calendar_for(market).last_complete_day(now or dt.datetime.now(UTC))
 
 
-@functools.lru_cache(maxsize=64)
-def _year_days(market: str, year: int) -> tuple[dt.date, ...]:
-    # exchange-calendars answers in milliseconds per call: a scan over thousands of symbols
-    # asks per year once instead of per symbol.
-    return tuple(calendar_for(market).trading_days(dt.date(year, 1, 1), dt.date(year, 12, 31)))
-
-
-def trading_days(calendar: MarketCalendar, first: dt.date, last: dt.date) -> list[dt.date]:
-    """calendar.trading_days(first, last), from a per-year cache."""
-    out: list[dt.date] = []
-    for year in range(first.year, last.year + 1):
-        days = _year_days(calendar.market, year)
-        out.extend(days[bisect.bisect_left(days, first):bisect.bisect_right(days, last)])
-    return out
-
-
 def _trading_days_between(calendar: MarketCalendar, first: dt.date, last: dt.date) -> int:
     """How many trading days lie strictly between two days."""
-    count = 0
-    for year in range(first.year, last.year + 1):
-        days = _year_days(calendar.market, year)
-        count += bisect.bisect_left(days, last) - bisect.bisect_right(days, first)
-    return count
+    return len(calendar.trading_days(first + dt.timedelta(days=1), last - dt.timedelta(days=1)))
 
 
 REST_SOURCE = "api"  # coverage written by the api phase: final only where no flat file is wanted
@@ -154,7 +134,7 @@ def scan_days(conn: Connection, windows: Sequence[tuple[str, dt.date, dt.date]],
     if not windows:
         return {}, {}
     first, last = min(w[1] for w in windows), max(w[2] for w in windows)
-    days = trading_days(calendar, first, last)
+    days = calendar.trading_days(first, last)
     offsets = [(d - first).days for d in days]
     covered, rest = covered_words(conn, sorted({w[0] for w in windows}), first, last)
     expected: dict[tuple[dt.date, dt.date], int] = {}  # the trading days of a window, as bits
