@@ -12,9 +12,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from chronox import metrics, partitions, ranges, registry, rollups, store, ticks
-from chronox.bars import QuarantinedRow
 from chronox.calendar import calendar_for, market_day
-from chronox.completion import FLATPACK, REST_SKIPPED_STEP, record_failure
+from chronox.completion import FLATPACK, REST_SKIPPED_STEP, record_bad_file, record_failure
 from chronox.day_rollups import DayRollups
 from chronox.db import get_engine
 from chronox.delivery import Delivery
@@ -335,12 +334,7 @@ def load_day(settings: Settings, day: str, symbols: Sequence[str],
             result = load_flat_day(Delivery(settings, engine, (market.value, ProviderId.POLYGON.value)), reader,
                                    symbols, timeframes=timeframes)
     except FlatFileError as exc:
-        log.error("%s", exc)
-        metrics.ingestion_error("flatpack", "bad_input")  # the task succeeds; the file is what failed
-        with engine.begin() as conn:
-            store.quarantine_rows(conn, [QuarantinedRow(origin, None, "", str(exc))])
-        record_failure(engine, symbols, "minute_bars", str(exc), ends_run=False)
-        return {"day": day, "error": str(exc), "rows": 0, "symbols": len(symbols)}
+        return {"day": day, **record_bad_file(engine, origin, symbols, "minute_bars", exc)}
     return result.as_dict()
 
 
@@ -371,11 +365,8 @@ def load_binance_day(settings: Settings, day: str, symbols: Sequence[str],
             one = load_flat_day(delivery, reader, [symbol], timeframes=timeframes,
                                 rows=BinanceDayRows(reader, FLATPACK), bounds=bounds)
         except FlatFileError as exc:
-            log.error("%s", exc)
-            with engine.begin() as conn:
-                store.quarantine_rows(conn, [QuarantinedRow(archive.location(symbol, the_day), symbol, "", str(exc))])
-            record_failure(engine, [symbol], "minute_bars", str(exc), ends_run=False)
-            errors.append(str(exc))
+            errors.append(record_bad_file(engine, archive.location(symbol, the_day), [symbol], "minute_bars", exc,
+                                          provider=ProviderId.BINANCE.value, symbol=symbol)["error"])
             continue
         total.rows.update(one.rows)
         total.quarantined += one.quarantined

@@ -11,14 +11,15 @@ coverage and events; its status lives in run_steps only.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from sqlalchemy import Engine, func, select
 
-from chronox import caches, registry, store
-from chronox.bars import UTC, isoformat_utc
+from chronox import caches, metrics, registry, store
+from chronox.bars import UTC, QuarantinedRow, isoformat_utc
 from chronox.db import get_engine
 from chronox.delivery import Delivery
 from chronox.models import Coverage, Ohlcv1d, Quarantine, RegistryStatus, SnapshotLatest
@@ -27,6 +28,7 @@ from chronox.settings import Settings
 from chronox.strategy import parse_strategy
 
 FLATPACK = "flatpack"
+log = logging.getLogger(__name__)
 RUN_STEP = "run"  # run_steps' record of how a symbol's run ended
 REST_SKIPPED_STEP = "rest"  # run_steps' record that a run left the REST steps out (no provider)
 Steps = dict[str, tuple[str, Any, dt.datetime]]
@@ -40,6 +42,20 @@ def record_failure(engine: Engine, symbols: Sequence[str], step: str, message: s
         store.record_steps(conn, symbols, step, "error", message)
         if ends_run:
             store.record_steps(conn, symbols, RUN_STEP, RegistryStatus.ERROR.value, {"error": message})
+
+
+def record_bad_file(engine: Engine, origin: str, symbols: Sequence[str], step: str, error: Exception,
+                    phase: str = "flatpack", provider: str = "polygon", symbol: str | None = None) -> dict[str, Any]:
+    """A day file that cannot be read at all (not gzip, truncated, no header): one quarantine
+    record names the file, its symbols are in error for `step` (their finalize follows), and
+    the task itself succeeds, since the file is what failed. The result's `error` part."""
+    message = str(error)
+    log.error("%s", message)
+    metrics.ingestion_error(phase, "bad_input", provider)
+    with engine.begin() as conn:
+        store.quarantine_rows(conn, [QuarantinedRow(origin, symbol, "", message)])
+    record_failure(engine, symbols, step, message, ends_run=False)
+    return {"error": message, "rows": 0, "symbols": len(symbols)}
 
 
 def _step_value(steps: Steps, step: str, figure: Callable[[Any], Any]) -> Any:

@@ -38,7 +38,7 @@ import pyarrow.csv as pa_csv
 from chronox import metrics, tick_store
 from chronox.bars import RAW_LIMIT, QuarantinedRow, raw_line, ts_from_ms, ts_from_ns
 from chronox.calendar import NYSE
-from chronox.completion import record_failure
+from chronox.completion import record_bad_file
 from chronox.db import get_engine
 from chronox.delivery import Delivery
 from chronox.markets import PROVIDER_PHASES, Instrument, Market, ProviderId, as_instrument
@@ -630,13 +630,8 @@ def load_day(settings: Settings, dataset: str, day: str | dt.date, symbols: Sequ
             log.warning("%s; reading it again with such bytes escaped", exc)
             result = _load_file(delivery, files, kind, the_day, symbols, progress, readable_text=True)
     except FlatFileError as exc:
-        log.error("%s", exc)
-        metrics.ingestion_error(kind.name, "bad_input")  # the task succeeds; the file is what failed
-        with engine.begin() as conn:
-            quarantine_rows(conn, [QuarantinedRow(origin, None, "", str(exc))])
-        record_failure(engine, symbols, kind.name, str(exc), ends_run=False)
-        return {"dataset": kind.name, "day": the_day.isoformat(), "error": str(exc), "rows": 0,
-                "symbols": len(symbols)}
+        return {"dataset": kind.name, "day": the_day.isoformat(),
+                **record_bad_file(engine, origin, symbols, kind.name, exc, phase=kind.name)}
     if kind.name == TRADES:
         metrics.trades_ingested(sum(result.rows.values()))  # committed
     return result.as_dict()
