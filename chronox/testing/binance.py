@@ -27,15 +27,12 @@ import asyncio
 import datetime as dt
 import hashlib
 import io
-import itertools
 import json
-import threading
 import time
 import zipfile
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -43,6 +40,8 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
+
+from chronox.testing.servers import Fault, FaultQueue, HTTPStandIn, StandInHandler, WebSocketStandIn
 
 # -- documented examples, verbatim ----------------------------------------------------------
 
@@ -120,47 +119,13 @@ class RequestRecord:
     has_api_key: bool  # X-MBX-APIKEY header present (its value is never kept)
 
 
-@dataclass
-class _Fault:
-    kind: str
-    remaining: int
-    retry_after: float | None
-    prefix: str
-
-
 class _ApiError(Exception):
     def __init__(self, status: int, code: int, msg: str):
         super().__init__(msg)
         self.status, self.code, self.msg = status, code, msg
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: _Server
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        self.server.fake._handle(self)
-
-    def send(self, status: int, body: bytes, content_type: str = "application/json",
-             headers: dict[str, str] | None = None) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(body)
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    fake: FakeBinance
-
-
-class FakeBinance:
+class FakeBinance(HTTPStandIn[RequestRecord]):
     """Binance's spot REST API and public data archive, in memory, on 127.0.0.1.
 
     Weight is counted per fixed window of `weight_window` seconds (Binance: the minute) and
@@ -171,15 +136,15 @@ class FakeBinance:
 
     def __init__(self, weight_limit: int = 6000, weight_window: float = 60.0, ban_seconds: float = 120.0,
                  host: str = "127.0.0.1", port: int = 0):
+        super().__init__(host, port)
         self.weight_limit = weight_limit
         self.weight_window = weight_window
         self.ban_seconds = ban_seconds
-        self._lock = threading.Lock()
         self._klines: dict[tuple[str, str], dict[int, list[Any]]] = {}
         self._prices: dict[str, str] = {}
         self._agg_trades: dict[str, list[dict[str, Any]]] = {}
         self._files: dict[str, bytes] = {}
-        self._faults: list[_Fault] = []
+        self._faults = FaultQueue(FAULT_KINDS)
         self._window_id = -1
         self._used = 0
         self._warned_until = 0.0  # a 429's Retry-After: requests before it earn a ban
@@ -189,33 +154,7 @@ class FakeBinance:
         self._banned_until = 0.0
         self.bans = 0
         self.rate_limited = 0
-        self.requests: list[RequestRecord] = []
-        self._server = _Server((host, port), _Handler)
-        self._server.fake = self
-        self.base_url = f"http://{host}:{self._server.server_address[1]}"
-        self._thread: threading.Thread | None = None
-
-    # -- lifecycle -------------------------------------------------------------------------
-
-    def start(self) -> FakeBinance:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                            name="FakeBinance", daemon=True)
-            self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._thread is not None:
-            self._server.shutdown()
-            self._thread.join(timeout=5)
-            self._thread = None
-        self._server.server_close()
-
-    def __enter__(self) -> FakeBinance:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        self.base_url = self._origin
 
     # -- data ------------------------------------------------------------------------------
 
@@ -273,10 +212,7 @@ class FakeBinance:
 
     def fail_next(self, kind: str, count: int = 1, retry_after: float | None = None, prefix: str = "/api/") -> None:
         """The next `count` requests under `prefix` answer `kind` (FAULT_KINDS)."""
-        if kind not in FAULT_KINDS:
-            raise ValueError(f"unknown fault {kind!r}; kinds: {', '.join(FAULT_KINDS)}")
-        with self._lock:
-            self._faults.append(_Fault(kind, count, retry_after, prefix))
+        self._faults.add(Fault(kind, count, retry_after, prefix))
 
     def preset_used_weight(self, used: int) -> None:
         """Weight other clients on the same IP already used in the current window."""
@@ -288,47 +224,35 @@ class FakeBinance:
         with self._lock:
             return [r for r in self.requests if r.path.startswith(prefix)]
 
-    def clear_requests(self) -> None:
-        with self._lock:
-            self.requests.clear()
-
     def _roll_window(self) -> None:
         window_id = int(time.time() // self.weight_window)
         if window_id != self._window_id:
             self._window_id, self._used = window_id, 0
 
-    def _take_fault(self, path: str) -> _Fault | None:
-        for fault in self._faults:
-            if path.startswith(fault.prefix) and fault.remaining > 0:
-                fault.remaining -= 1
-                return fault
-        return None
-
     # -- the protocol ----------------------------------------------------------------------
 
-    def _handle(self, req: _Handler) -> None:
+    def _handle(self, req: StandInHandler) -> None:
         parts = urlsplit(req.path)
         query = dict(parse_qsl(parts.query, keep_blank_values=True))
         has_key = bool(req.headers.get("X-MBX-APIKEY"))
         if parts.path.startswith("/data/"):
             with self._lock:
                 body = self._files.get(parts.path)
-                fault = self._take_fault(parts.path)
+                fault = self._faults.take(parts.path)
                 self.requests.append(RequestRecord(time.monotonic(), parts.path, query,
                                                    503 if fault else 200 if body is not None else 404, 0, has_key))
             if fault is not None:
-                req.send(503, b"<Error><Code>SlowDown</Code></Error>", "application/xml")
+                req.send_body(503, b"<Error><Code>SlowDown</Code></Error>", "application/xml")
             elif body is None:
                 # data.binance.vision is an S3 bucket behind CloudFront: a missing key is a 404.
-                req.send(404, b"<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>NoSuchKey</Code>"
-                              b"<Message>The specified key does not exist.</Message></Error>", "application/xml")
+                req.send_body(404, b"<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>NoSuchKey</Code>"
+                                   b"<Message>The specified key does not exist.</Message></Error>", "application/xml")
             else:
-                req.send(200, body, "application/zip")
+                req.send_body(200, body, "application/zip")
             return
         unit = (req.headers.get("X-MBX-TIME-UNIT") or "").upper()
         status, payload, headers = self._api(parts.path, query, has_key, unit == "MICROSECOND" or self.microseconds)
-        body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-        req.send(status, body, headers=headers)
+        req.send_json(status, payload, headers)
 
     def _api(self, path: str, query: dict[str, str], has_key: bool,
              microseconds: bool = False) -> tuple[int, Any, dict[str, str]]:
@@ -359,7 +283,7 @@ class FakeBinance:
                 record.status = 429
                 return 429, {"code": -1003, "msg": TOO_MUCH_WEIGHT.format(limit=self.weight_limit)}, \
                     {**headers, "Retry-After": str(max(1, round(left)))}
-            fault = self._take_fault(path)
+            fault = self._faults.take(path)
             if fault is not None:
                 record.status, payload, extra = self._fault_answer(fault, now)
                 return record.status, payload, {**headers, **extra}
@@ -373,7 +297,7 @@ class FakeBinance:
             record.status = 200
             return 200, payload, headers
 
-    def _fault_answer(self, fault: _Fault, now: float) -> tuple[int, Any, dict[str, str]]:
+    def _fault_answer(self, fault: Fault, now: float) -> tuple[int, Any, dict[str, str]]:
         retry = {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else {}
         if fault.kind == "429":
             self._warned_until = now + (fault.retry_after or 0)
@@ -480,7 +404,7 @@ class _Conn:
     arrivals: deque[float] = field(default_factory=deque)
 
 
-class FakeBinanceStream:
+class FakeBinanceStream(WebSocketStandIn[_Conn]):
     """Binance's websocket market streams (combined, at /stream) on its own thread and loop.
 
     Connections live at most `max_connection_seconds` (Binance: 24 hours), then the server
@@ -489,40 +413,15 @@ class FakeBinanceStream:
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, max_connection_seconds: float | None = None):
-        self._host, self._port = host, port
+        super().__init__(host, port)
         self.max_connection_seconds = max_connection_seconds
-        self._lock = threading.Lock()
-        self._conns: dict[int, _Conn] = {}
-        self._ids = itertools.count(1)
         self.messages: list[Any] = []
         self.connections = 0
         self.closed_for_flooding = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._server: Server | None = None
-        self._thread: threading.Thread | None = None
-        self._ready = threading.Event()
         self.url = ""
 
-    def start(self) -> FakeBinanceStream:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="FakeBinanceStream", daemon=True)
-            self._thread.start()
-            if not self._ready.wait(10):
-                raise RuntimeError("FakeBinanceStream did not start")
-        return self
-
-    def _run(self) -> None:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        self._server = loop.run_until_complete(self._open())
-        port = self._server.sockets[0].getsockname()[1]
+    def _listening(self, port: int) -> None:
         self.url = f"ws://{self._host}:{port}"
-        self._ready.set()
-        try:
-            loop.run_forever()
-        finally:
-            loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.close()
 
     async def _open(self) -> Server:
         return await serve(self._handle, self._host, self._port, process_request=self._route, close_timeout=1)
@@ -532,36 +431,6 @@ class FakeBinanceStream:
         if urlsplit(request.path).path != "/stream":
             return Response(404, "Not Found", Headers(), b"combined streams live at /stream\n")
         return None
-
-    def stop(self) -> None:
-        if self._thread is None or self._loop is None or self._server is None:
-            return
-
-        async def shutdown() -> None:
-            assert self._server is not None
-            self._server.close()
-            try:
-                await asyncio.wait_for(self._server.wait_closed(), 2)
-            except TimeoutError:
-                for conn in list(self._server.connections):
-                    conn.transport.abort()
-
-        try:
-            asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(10)
-        finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(5)
-            self._thread = None
-
-    def __enter__(self) -> FakeBinanceStream:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def _call(self, coro: Any) -> Any:
-        assert self._loop is not None, "FakeBinanceStream is not started"
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(10)
 
     # -- observation -----------------------------------------------------------------------
 
@@ -574,19 +443,6 @@ class FakeBinanceStream:
     def streams_by_connection(self) -> dict[int, set[str]]:
         with self._lock:
             return {cid: set(c.streams) for cid, c in self._conns.items()}
-
-    @property
-    def open_connections(self) -> int:
-        with self._lock:
-            return len(self._conns)
-
-    def wait_for(self, predicate: Callable[[], Any], timeout: float = 5.0) -> bool:
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.01)
-        return True
 
     # -- the protocol ----------------------------------------------------------------------
 

@@ -24,15 +24,14 @@ or `root="pro"` (pro-api.coingecko.com: pro keys). Point CHRONOX_COINGECKO_BASE_
 """
 from __future__ import annotations
 
-import json
 import re
-import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
+
+from chronox.testing.servers import Fault, FaultQueue, HTTPStandIn, StandInHandler
 
 # /simple/price, the SimplePrice schema's example, verbatim.
 SIMPLE_PRICE_EXAMPLE: dict[str, Any] = {
@@ -72,13 +71,6 @@ class RequestRecord:
     status: int
 
 
-@dataclass
-class _Fault:
-    kind: str
-    remaining: int
-    retry_after: float | None
-
-
 class _Reply(Exception):
     def __init__(self, status: int, payload: Any, headers: dict[str, str] | None = None):
         super().__init__(status)
@@ -89,71 +81,23 @@ def _error(status: int, code: int, message: str, headers: dict[str, str] | None 
     return _Reply(status, {"status": {"error_code": code, "error_message": message}}, headers)
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: _Server
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        status, payload, headers = self.server.fake._handle(self)
-        body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        for name, value in headers.items():
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(body)
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    fake: FakeCoinGecko
-
-
-class FakeCoinGecko:
+class FakeCoinGecko(HTTPStandIn[RequestRecord]):
     """CoinGecko's API in memory on 127.0.0.1; `keys` maps API keys to their plan (demo or pro)."""
 
     def __init__(self, root: str = "public", keys: dict[str, str] | None = None, calls_per_window: int | None = None,
                  window: float = 60.0, host: str = "127.0.0.1", port: int = 0):
         if root not in ("public", "pro"):
             raise ValueError("root is public (api.coingecko.com) or pro (pro-api.coingecko.com)")
+        super().__init__(host, port)
         self.root = root
         self.keys = dict(keys or {})
         self.calls_per_window = calls_per_window
         self.window = window
-        self._lock = threading.Lock()
         self._prices: dict[str, dict[str, Any]] = {}
         self._ohlc: dict[tuple[str, str, str], list[list[Any]]] = {}
-        self._faults: list[_Fault] = []
+        self._faults = FaultQueue(FAULT_KINDS)
         self._calls: deque[float] = deque()
-        self.requests: list[RequestRecord] = []
-        self._server = _Server((host, port), _Handler)
-        self._server.fake = self
-        self.base_url = f"http://{host}:{self._server.server_address[1]}/api/v3"
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> FakeCoinGecko:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                            name="FakeCoinGecko", daemon=True)
-            self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._thread is not None:
-            self._server.shutdown()
-            self._thread.join(timeout=5)
-            self._thread = None
-        self._server.server_close()
-
-    def __enter__(self) -> FakeCoinGecko:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        self.base_url = f"{self._origin}/api/v3"
 
     # -- data and faults ---------------------------------------------------------------------
 
@@ -171,14 +115,7 @@ class FakeCoinGecko:
             store.sort(key=lambda r: r[0])
 
     def fail_next(self, kind: str, count: int = 1, retry_after: float | None = None) -> None:
-        if kind not in FAULT_KINDS:
-            raise ValueError(f"unknown fault {kind!r}; kinds: {', '.join(FAULT_KINDS)}")
-        with self._lock:
-            self._faults.append(_Fault(kind, count, retry_after))
-
-    def clear_requests(self) -> None:
-        with self._lock:
-            self.requests.clear()
+        self._faults.add(Fault(kind, count, retry_after))
 
     # -- the protocol ------------------------------------------------------------------------
 
@@ -199,7 +136,10 @@ class FakeCoinGecko:
             return "demo"
         return "public"
 
-    def _handle(self, req: _Handler) -> tuple[int, Any, dict[str, str]]:
+    def _handle(self, req: StandInHandler) -> None:
+        req.send_json(*self._answer(req))
+
+    def _answer(self, req: StandInHandler) -> tuple[int, Any, dict[str, str]]:
         parts = urlsplit(req.path)
         query = dict(parse_qsl(parts.query, keep_blank_values=True))
         now = time.monotonic()
@@ -215,9 +155,8 @@ class FakeCoinGecko:
                 if self.calls_per_window is not None and len(self._calls) > self.calls_per_window:
                     left = self._calls[0] + self.window - now
                     raise _error(429, 429, RATE_LIMIT_MESSAGE, {"Retry-After": str(max(1, round(left)))})
-                fault = next((f for f in self._faults if f.remaining > 0), None)
+                fault = self._faults.take(parts.path)
                 if fault is not None:
-                    fault.remaining -= 1
                     self._fault(fault)
                 record.plan = self._plan(req.headers, query)
                 payload = self._route(parts.path, query, record.plan)
@@ -228,7 +167,7 @@ class FakeCoinGecko:
             return 200, payload, {}
 
     @staticmethod
-    def _fault(fault: _Fault) -> None:
+    def _fault(fault: Fault) -> None:
         headers = {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else {}
         if fault.kind == "429":
             raise _error(429, 429, RATE_LIMIT_MESSAGE, headers)

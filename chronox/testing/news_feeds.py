@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import datetime as dt
 import email.utils
-import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
 from xml.sax.saxutils import escape
+
+from chronox.testing.servers import HTTPStandIn, StandInHandler
 
 FAULTS = ("500", "garbage", "html", "slow")
 
@@ -143,49 +142,16 @@ def atom_document(items: Iterable[Item], title: str = "Example Feed", link: str 
 """
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: _Server
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        status, body, content_type = self.server.feeds._answer(self.path.split("?", 1)[0])
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    feeds: FakeFeeds
-
-
-class FakeFeeds:
-    """Feed documents by path, served on 127.0.0.1 from a daemon thread."""
+class FakeFeeds(HTTPStandIn[str]):
+    """Feed documents by path, served on 127.0.0.1 from a daemon thread; `requests` logs the
+    paths asked for."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0):
-        self._lock = threading.Lock()
+        super().__init__(host, port)
         self._documents: dict[str, tuple[bytes, str]] = {}
+        # Unlike the API stand-ins' queued faults, a feed's fault lasts until it is lifted.
         self._faults: dict[str, str] = {}
-        self.requests: list[str] = []
-        self._server = _Server((host, port), _Handler)
-        self._server.feeds = self
-        self.base_url = f"http://{host}:{self._server.server_address[1]}"
-        self._thread: threading.Thread | None = None
-
-    def __enter__(self) -> FakeFeeds:
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="FakeFeeds", daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self.base_url = self._origin
 
     def url(self, path: str) -> str:
         return f"{self.base_url}{path}"
@@ -205,6 +171,9 @@ class FakeFeeds:
                 self._faults.pop(path, None)
             else:
                 self._faults[path] = kind
+
+    def _handle(self, req: StandInHandler) -> None:
+        req.send_body(*self._answer(req.path.split("?", 1)[0]))
 
     def _answer(self, path: str) -> tuple[int, bytes, str]:
         with self._lock:

@@ -33,16 +33,16 @@ import json
 import math
 import random
 import re
-import threading
 import time
 import traceback
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
+
+from chronox.testing.servers import Fault, FaultQueue, HTTPStandIn, StandInHandler
 
 FAULT_KINDS = ("429", "500", "502", "503", "slow", "malformed", "garbage_json")
 
@@ -93,16 +93,6 @@ class RequestRecord:
     status: int | None  # None while the answer is still being produced
     has_auth: bool  # Authorization header present; its value is never kept
     fault: str | None = None
-
-
-@dataclass
-class _Fault:
-    prefix: str | None
-    kind: str
-    remaining: int
-    retry_after: float | None
-    delay: float | None
-    body: bytes | None
 
 
 class _ApiError(Exception):
@@ -213,50 +203,19 @@ def _matches(record: dict[str, Any], key: str, value: str) -> bool:
     }.get(op, True)
 
 
-class _Handler(BaseHTTPRequestHandler):
-    # HTTP/1.1 so urllib3's pooled keep-alive connections behave as in prod.
-    protocol_version = "HTTP/1.1"
-    server: _Server
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        self.server.fake._handle(self)
-
-    def _other_method(self) -> None:  # answered 405 by the fake
-        self.server.fake._handle(self)
-
-    do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = _other_method
-
-    def send_body(
-        self,
-        status: int,
-        body: bytes,
-        content_type: str = "application/json",
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
+class _Handler(StandInHandler):
+    # Other methods reach the fake too, which answers them 405 as the real API does.
+    do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = StandInHandler.do_GET
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    fake: FakePolygonRest
-
-
-class FakePolygonRest:
+class FakePolygonRest(HTTPStandIn[RequestRecord]):
     """In-memory Polygon REST API served on 127.0.0.1 from a daemon thread."""
 
+    handler_class = _Handler
+
     def __init__(self, api_key: str = "test-key", host: str = "127.0.0.1", port: int = 0):
+        super().__init__(host, port)
         self.api_key = api_key
-        self._lock = threading.Lock()
         self._minute: dict[str, list[dict[str, Any]]] = {}
         self._daily: dict[str, list[dict[str, Any]]] = {}
         self._snapshots: dict[str, dict[str, Any]] = {}
@@ -268,46 +227,13 @@ class FakePolygonRest:
         # Answers served as given (e.g. Polygon's documented examples), not derived from bars.
         self._snapshot_records: dict[str, dict[str, Any]] = {}
         self._last_trade_records: dict[str, dict[str, Any]] = {}
-        self._faults: list[_Fault] = []
+        self._faults = FaultQueue(FAULT_KINDS)
         self._ratio = 0.0
         self._ratio_kinds: tuple[str, ...] = ()
         self._ratio_retry_after: float | None = None
         self._rng = random.Random(0)
         self._id_counter = 0
-        self.requests: list[RequestRecord] = []
-        self._server = _Server((host, port), _Handler)
-        self._server.fake = self
-        bound_host, bound_port = self._server.server_address[:2]
-        if isinstance(bound_host, bytes):
-            bound_host = bound_host.decode()
-        self.base_url = f"http://{bound_host}:{bound_port}"
-        self._thread: threading.Thread | None = None
-
-    # -- lifecycle -------------------------------------------------------
-
-    def start(self) -> FakePolygonRest:
-        if self._thread is None:
-            self._thread = threading.Thread(
-                target=self._server.serve_forever,
-                kwargs={"poll_interval": 0.05},
-                name="FakePolygonRest",
-                daemon=True,
-            )
-            self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._thread is not None:
-            self._server.shutdown()
-            self._thread.join(timeout=5)
-            self._thread = None
-        self._server.server_close()
-
-    def __enter__(self) -> FakePolygonRest:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        self.base_url = self._origin
 
     # -- data ------------------------------------------------------------
 
@@ -429,13 +355,10 @@ class FakePolygonRest:
         defaults to 1 s); ``body`` overrides the canned body of the fault.
         ``Retry-After`` is sent in whole seconds, rounded up, because urllib3
         rejects fractional values."""
-        if kind not in FAULT_KINDS:
-            raise ValueError(f"unknown fault kind {kind!r}; expected one of {FAULT_KINDS}")
         if kind == "slow" and delay is None:
             delay = 1.0
         raw = body.encode() if isinstance(body, str) else body
-        with self._lock:
-            self._faults.append(_Fault(path_prefix, kind, count, retry_after, delay, raw))
+        self._faults.add(Fault(kind, count, retry_after, path_prefix, delay, raw))
 
     def fail_ratio(
         self,
@@ -457,21 +380,17 @@ class FakePolygonRest:
             self._rng = random.Random(seed)
 
     def clear_faults(self) -> None:
+        self._faults.clear()
         with self._lock:
-            self._faults.clear()
             self._ratio = 0.0
 
-    def _take_fault(self, path: str) -> _Fault | None:
+    def _take_fault(self, path: str) -> Fault | None:
+        fault = self._faults.take(path)
+        if fault is not None:
+            return fault
         with self._lock:
-            for i, fault in enumerate(self._faults):
-                if fault.prefix is None or path.startswith(fault.prefix):
-                    fault.remaining -= 1
-                    if fault.remaining <= 0:
-                        del self._faults[i]
-                    return fault
             if self._ratio > 0 and self._rng.random() < self._ratio:
-                kind = self._rng.choice(self._ratio_kinds)
-                return _Fault(None, kind, 1, self._ratio_retry_after, None, None)
+                return Fault(self._rng.choice(self._ratio_kinds), 1, self._ratio_retry_after)
         return None
 
     # -- request log -----------------------------------------------------
@@ -495,13 +414,9 @@ class FakePolygonRest:
             best = max(best, hi - lo + 1)
         return best
 
-    def clear_requests(self) -> None:
-        with self._lock:
-            self.requests.clear()
-
     # -- HTTP ------------------------------------------------------------
 
-    def _handle(self, req: _Handler) -> None:
+    def _handle(self, req: StandInHandler) -> None:
         parts = urlsplit(req.path)
         path = unquote(parts.path)
         query = dict(parse_qsl(parts.query, keep_blank_values=True))
@@ -542,9 +457,9 @@ class FakePolygonRest:
             payload, status = {"status": "ERROR", "error": f"stub error: {err!r}"}, 500
         payload = {**payload, "request_id": request_id}
         record.status = status
-        req.send_body(status, json.dumps(payload).encode())
+        req.send_json(status, payload)
 
-    def _authenticate(self, req: _Handler, query: dict[str, str]) -> None:
+    def _authenticate(self, req: StandInHandler, query: dict[str, str]) -> None:
         header = req.headers.get("Authorization")
         if header is None and "apiKey" not in query:
             raise _ApiError(401, {"status": "ERROR", "error": "API Key was not provided"})
@@ -552,7 +467,7 @@ class FakePolygonRest:
         if key != self.api_key:
             raise _ApiError(401, {"status": "ERROR", "error": "Unknown API Key"})
 
-    def _fault_response(self, fault: _Fault) -> tuple[int, bytes, str, dict[str, str]]:
+    def _fault_response(self, fault: Fault) -> tuple[int, bytes, str, dict[str, str]]:
         headers: dict[str, str] = {}
         content_type = "application/json"
         if fault.kind == "429":

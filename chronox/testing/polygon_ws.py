@@ -26,16 +26,16 @@ not zlib running in this server thread.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
-import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
+
+from chronox.testing.servers import WebSocketStandIn
 
 
 def _status(status: str, message: str) -> dict[str, str]:
@@ -54,7 +54,7 @@ class _Conn:
         return channel in self.subs or f"{prefix}.*" in self.subs
 
 
-class FakePolygonStream:
+class FakePolygonStream(WebSocketStandIn[_Conn]):
     """Polygon stream server on its own thread and event loop."""
 
     def __init__(
@@ -64,20 +64,11 @@ class FakePolygonStream:
         port: int = 0,
         compression: str | None = None,
     ):
+        super().__init__(host, port)
         self.api_key = api_key
-        self._host = host
-        self._port = port
         self._compression = compression
-        self._lock = threading.Lock()
-        self._conns: dict[int, _Conn] = {}
-        self._ids = itertools.count(1)
         self._messages: list[Any] = []
         self._connections = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._server: Server | None = None
-        self._thread: threading.Thread | None = None
-        self._ready = threading.Event()
-        self._start_error: BaseException | None = None
         self._blast_frames: list[str] = []
         self._blast_channels: set[str] = set()
         self._blast_events = 0
@@ -87,78 +78,17 @@ class FakePolygonStream:
 
     # -- lifecycle -------------------------------------------------------
 
-    def start(self) -> FakePolygonStream:
-        if self._thread is not None:
-            return self
-        self._thread = threading.Thread(target=self._run, name="FakePolygonStream", daemon=True)
-        self._thread.start()
-        self._ready.wait(10)
-        if self._start_error is not None:
-            raise RuntimeError("FakePolygonStream failed to start") from self._start_error
-        return self
-
-    def _run(self) -> None:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        try:
-            self._server = loop.run_until_complete(self._open())
-        except BaseException as exc:
-            self._start_error = exc
-            self._ready.set()
-            loop.close()
-            return
-        self.port = self._server.sockets[0].getsockname()[1]
+    def _listening(self, port: int) -> None:
+        self.port = port
         self.feed = f"{self._host}:{self.port}"
         self.url = f"ws://{self.feed}/stocks"
-        self._ready.set()
-        try:
-            loop.run_forever()
-        finally:
-            loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.close()
 
     async def _open(self) -> Server:
-        # serve() needs a running loop, hence the coroutine wrapper.
         # A short close_timeout: clients that vanish without finishing the
         # close handshake would otherwise pin a handler for 10 s.
         return await serve(
             self._handle, self._host, self._port, compression=self._compression, close_timeout=1
         )
-
-    def stop(self) -> None:
-        if self._thread is None or self._loop is None or self._server is None:
-            return
-
-        async def shutdown() -> None:
-            assert self._server is not None
-            self._server.close()
-            try:
-                await asyncio.wait_for(self._server.wait_closed(), 2)
-            except TimeoutError:
-                # A client that never answers the close handshake (e.g. one
-                # whose event loop is already gone) must not hang teardown.
-                for conn in list(self._server.connections):
-                    conn.transport.abort()
-                await asyncio.wait_for(self._server.wait_closed(), 2)
-
-        try:
-            asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(10)
-        finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(5)
-            self._thread = None
-
-    def __enter__(self) -> FakePolygonStream:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def _call(self, coro: Any, timeout: float | None = 10) -> Any:
-        if self._loop is None:
-            coro.close()
-            raise RuntimeError("FakePolygonStream is not started")
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
 
     # -- observation -----------------------------------------------------
 
@@ -187,23 +117,9 @@ class FakePolygonStream:
             return self._connections
 
     @property
-    def open_connections(self) -> int:
-        with self._lock:
-            return len(self._conns)
-
-    @property
     def authenticated_connections(self) -> int:
         with self._lock:
             return sum(1 for c in self._conns.values() if c.authenticated)
-
-    def wait_for(self, predicate: Callable[[], Any], timeout: float = 5.0, interval: float = 0.01) -> bool:
-        deadline = time.monotonic() + timeout
-        while True:
-            if predicate():
-                return True
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(interval)
 
     # -- protocol --------------------------------------------------------
 
