@@ -19,10 +19,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from chronox import features
+from chronox.calendar import market_day_bounds
 from chronox.db import get_engine
 from chronox.settings import Settings
 from chronox.sinks import frames
 from chronox.sinks.lake import Lake, dataset
+from chronox.store import TIMEFRAME
 from chronox.strategy import InvalidInput
 
 SOURCES = ("db", "lake")
@@ -88,10 +90,10 @@ def build(settings: Settings, symbol: str, tf: str, first: dt.date, last: dt.dat
         raise InvalidInput(f"unknown source {source!r}; use one of {', '.join(SOURCES)}")
     if first > last:
         raise InvalidInput(f"start {first} is after end {last}")
-    if tf != frames.TIMEFRAME:
-        raise InvalidInput(f"datasets are built from {frames.TIMEFRAME} bars (the lake's and ohlcv_1m's); not {tf}")
+    if tf != TIMEFRAME:
+        raise InvalidInput(f"datasets are built from {TIMEFRAME} bars (the lake's and ohlcv_1m's); not {tf}")
     market = frames.symbol_markets(get_engine(settings.database_url), [symbol])[symbol]
-    start, end = frames.day_window(market, first)[0], frames.day_window(market, last)[1]
+    start, end = market_day_bounds(market, first, last)
     if source == "db":
         history, bars, following = _from_db(settings, symbol, market, start, end)
     else:

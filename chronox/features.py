@@ -37,6 +37,7 @@ from chronox.calendar import calendar_for
 from chronox.db import get_engine
 from chronox.settings import Settings
 from chronox.sinks import frames, state
+from chronox.store import TIMEFRAME
 from chronox.strategy import InvalidInput
 
 FEATURES = ("ret_1", "range_pct", "vwap_dev", "vol_z_20", "rv_20")
@@ -144,11 +145,11 @@ def newest_days(conn: Connection, symbol: str, market: str, count: int) -> list[
             newest = dt.datetime.fromisoformat(newest)
         moment = newest if newest.tzinfo else newest.replace(tzinfo=dt.UTC)
         days.append(day_of(moment))
-        bound = frames.day_window(market, days[-1])[0]
+        bound = calendar_for(market).day_bounds(days[-1])[0]
     return days
 
 
-def sync(settings: Settings, symbol: str, days: Sequence[str | dt.date], tf: str = frames.TIMEFRAME,
+def sync(settings: Settings, symbol: str, days: Sequence[str | dt.date], tf: str = TIMEFRAME,
          engine: Engine | None = None) -> dict[str, Any]:
     """Put the features of `symbol` on `days` into Redis, for the days among its newest
     CHRONOX_FEATURE_STORE_DAYS; drop the days that fell out of that window."""
@@ -168,14 +169,14 @@ def sync(settings: Settings, symbol: str, days: Sequence[str | dt.date], tf: str
             result["written"] += 1
             result["rows"] += written
     if keep:
-        result["pruned"] = _prune(engine, client, symbol, tf, frames.day_window(market, min(keep))[0], min(keep))
+        result["pruned"] = _prune(engine, client, symbol, tf, calendar_for(market).day_bounds(min(keep))[0], min(keep))
     return result
 
 
 def _sync_day(settings: Settings, engine: Engine, client: Any, symbol: str, market: str, tf: str,
               day: dt.date) -> int | None:
     """Rows written, or None when Redis already holds exactly these features."""
-    start, end = frames.day_window(market, day)
+    start, end = calendar_for(market).day_bounds(day)
     with engine.connect() as conn:
         history = frames.bars_before(conn, symbol, start, HISTORY)
         bars = frames.read_bars(conn, [symbol], start, end)

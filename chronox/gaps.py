@@ -30,7 +30,7 @@ from sqlalchemy import Connection, select, text
 from chronox import metrics, registry
 from chronox.backfill import day_file_dataset, day_file_published, plan_run
 from chronox.bars import UTC
-from chronox.calendar import NEW_YORK, NYSE, STOCKS, MarketCalendar, calendar_for
+from chronox.calendar import NYSE, STOCKS, MarketCalendar, calendar_for, market_day
 from chronox.db import get_engine
 from chronox.delivery import Delivery
 from chronox.markets import Instrument, as_instrument, lookup_symbol
@@ -272,7 +272,7 @@ def find_gaps(settings: Settings, symbols: Sequence[str] | None = None, start: s
         symbols = [r.symbol for r in rows if {"flatpack", "api"} & set(r.phases)]
         if not symbols:
             return []
-    today = (now or dt.datetime.now(UTC)).astimezone(NEW_YORK).date()
+    today = market_day(market or STOCKS, now or dt.datetime.now(UTC))
     # The api strategy has no flatpack phase, so planning looks up no flat files.
     plan = plan_run(settings, symbols=symbols, start=start, end=end, strategy="api", today=today, market=market)
     newest = {m: last_complete_day(now, m) for m in {p.market for p in plan.symbols}}

@@ -10,6 +10,7 @@ from click.testing import CliRunner
 from sqlalchemy import update
 
 from chronox import dataset, features, registry
+from chronox.calendar import NYSE
 from chronox.cli import cli
 from chronox.db import get_engine
 from chronox.settings import load_settings
@@ -40,7 +41,7 @@ def test_every_feature_uses_bars_up_to_t_and_every_label_bar_t_plus_1(db_url, fl
     built = dataset.build(settings, "DSA", "1m", DAYS[1], DAYS[2])
     assert built.column_names == COLUMNS
     series = all_bars(db_url)
-    first = frames.day_window("stocks", DAYS[1])[0]
+    first = NYSE.day_bounds(DAYS[1])[0]
     h = sum(1 for t in series.column("ts").to_pylist() if t < first)  # bars before the dataset's first day
     assert built.num_rows == series.num_rows - h
     assert built.column("ts").to_pylist() == series.column("ts")[h:].to_pylist()
@@ -99,8 +100,8 @@ def test_dataset_from_the_lake_equals_the_one_from_the_database(pg_url, flatfile
     assert rows[-1]["label_ret_1"] is not None  # the label of the day's last bar is the next day's first
     assert outputs["db"].schema.field("ts").type == pa.timestamp("us", tz="UTC")
     assert outputs["db"].num_rows == sum(1 for t in all_bars(pg_url, "DSL").column("ts").to_pylist()
-                                         if frames.day_window("stocks", DAYS[1])[0] <= t
-                                         < frames.day_window("stocks", DAYS[1])[1])
+                                         if NYSE.day_bounds(DAYS[1])[0] <= t
+                                         < NYSE.day_bounds(DAYS[1])[1])
 
 
 def test_dataset_mistakes_are_one_line(sqlite_url, tmp_path):

@@ -11,6 +11,7 @@ import redis
 from click.testing import CliRunner
 
 from chronox import features, registry
+from chronox.calendar import NYSE
 from chronox.cli import cli
 from chronox.db import get_engine
 from chronox.settings import load_settings
@@ -90,7 +91,7 @@ def test_feature_store_keeps_the_newest_days_with_their_history(store_env, pg_ur
     with get_engine(pg_url).connect() as conn:
         all_bars = frames.read_bars(conn, ["FSA"])
     series = features.compute(all_bars).to_pylist()
-    kept_from = frames.day_window("stocks", DAYS[1])[0]
+    kept_from = NYSE.day_bounds(DAYS[1])[0]
     kept = [r for r in series if r["ts"] >= kept_from]
     index = client.zrange("features:market:FSA:1m:_idx", 0, -1, withscores=True)
     assert [int(score) for _, score in index] == [int(r["ts"].timestamp()) for r in kept]  # days 2 and 3 only

@@ -14,7 +14,7 @@ from sqlalchemy import text
 
 from chronox import registry
 from chronox.bars import Bar
-from chronox.calendar import calendar_for
+from chronox.calendar import NYSE, calendar_for
 from chronox.cli import cli
 from chronox.db import get_engine
 from chronox.sample import day_rows, write_day_file
@@ -134,7 +134,7 @@ def test_a_changed_day_is_rewritten_the_others_are_not_and_status_shows_the_lag(
     check = run("lake", "check", "--start", DAYS[0].isoformat(), "--end", DAYS[-1].isoformat(), "--json")
     assert check.exit_code == 1
     lka_rows = count(pg_url, "SELECT count(*) FROM ohlcv_1m WHERE symbol = 'LKA' AND ts >= :a AND ts < :b",
-                     a=frames.day_window("stocks", DAYS[1])[0], b=frames.day_window("stocks", DAYS[1])[1])
+                     a=NYSE.day_bounds(DAYS[1])[0], b=NYSE.day_bounds(DAYS[1])[1])
     assert json.loads(check.output)["differences"] == [
         {"symbol": "LKA", "day": DAYS[1].isoformat(), "database": lka_rows, "lake": lka_rows + 10}]
 
@@ -143,8 +143,8 @@ def test_a_changed_day_is_rewritten_the_others_are_not_and_status_shows_the_lag(
     assert (kept_file.read_bytes(), kept_file.stat().st_mtime_ns) == kept
     table = ds.dataset(str(changed_file), format="parquet").to_table()
     assert [tuple(r.values()) for r in table.to_pylist()] == \
-        [r for r in db_rows(pg_url, ["LKA"]) if frames.day_window("stocks", DAYS[1])[0] <= r[1]
-         < frames.day_window("stocks", DAYS[1])[1]]
+        [r for r in db_rows(pg_url, ["LKA"]) if NYSE.day_bounds(DAYS[1])[0] <= r[1]
+         < NYSE.day_bounds(DAYS[1])[1]]
     assert run("lake", "check", "--start", DAYS[0].isoformat(), "--end", DAYS[-1].isoformat()).exit_code == 0
 
 
@@ -153,7 +153,7 @@ def test_stream_bars_reach_the_lake_once_their_day_is_over(pg_url, lake_dir):
     registry.add_symbol(engine, "LKS", "stream")
     registry.add_symbol(engine, "LKN", "flatpack")
     day = dt.date(2024, 1, 3)
-    start = frames.day_window("stocks", day)[0] + dt.timedelta(hours=10)
+    start = NYSE.day_bounds(day)[0] + dt.timedelta(hours=10)
     bars = [Bar("LKS", start + dt.timedelta(minutes=i), 10 + i, 11 + i, 9 + i, 10.5 + i, 100, None, None, "stream")
             for i in range(30)]
     with engine.begin() as conn:

@@ -18,13 +18,11 @@ from pyarrow import csv
 from sqlalchemy import Connection, Engine, select
 
 from chronox import registry
-from chronox.calendar import NEW_YORK, calendar_for
-from chronox.models import Ohlcv1m, table
+from chronox.calendar import NEW_YORK, calendar_for, market_day_bounds
+from chronox.store import COPY_COLUMNS as COLUMNS
+from chronox.store import OHLCV
 
-OHLCV = table(Ohlcv1m)
-TIMEFRAME = "1m"
 DEFAULT_MARKET = "stocks"
-COLUMNS = ("symbol", "ts", "open", "high", "low", "close", "volume", "vwap", "transactions", "source")
 UTC_TS = pa.timestamp("us", tz="UTC")
 BAR_SCHEMA = pa.schema([
     ("symbol", pa.string()), ("ts", UTC_TS), ("open", pa.float64()), ("high", pa.float64()),
@@ -37,8 +35,7 @@ _CSV_TYPES = {**{f.name: f.type for f in BAR_SCHEMA}, "ts": pa.int64()}
 def symbol_markets(engine: Engine, symbols: Sequence[str]) -> dict[str, str]:
     """The market of each symbol (the Hive partition `market=`): the registry's `market`
     once it has one, "stocks" for every symbol until then and for unregistered ones."""
-    found = {row.symbol: str(getattr(row, "market", None) or DEFAULT_MARKET)
-             for row in registry.list_symbols(engine, symbols=list(symbols))}
+    found = {row.symbol: row.market.value for row in registry.list_symbols(engine, symbols=list(symbols))}
     return {s: found.get(s, DEFAULT_MARKET) for s in symbols}
 
 
@@ -47,17 +44,12 @@ def market_zone(market: str) -> str:
     return "UTC" if calendar_for(market).around_the_clock else NEW_YORK.key
 
 
-def day_window(market: str, day: dt.date) -> tuple[dt.datetime, dt.datetime]:
-    """The UTC bounds of a market's day (chronox.calendar's)."""
-    return calendar_for(market).day_bounds(day)
-
-
 def day_counts(conn: Connection, symbols: Sequence[str], market: str, first: dt.date,
                last: dt.date) -> dict[tuple[str, dt.date], int]:
     """Rows per (symbol, market day) from `first` to `last`, in one pass over the range."""
     if not symbols:
         return {}
-    start, end = day_window(market, first)[0], day_window(market, last)[1]
+    start, end = market_day_bounds(market, first, last)
     zone = market_zone(market)
     if conn.dialect.name == "postgresql":
         rows = conn.exec_driver_sql(

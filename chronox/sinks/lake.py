@@ -28,9 +28,11 @@ from fsspec.implementations.local import LocalFileSystem
 from sqlalchemy import Engine
 
 from chronox import registry, sinks
+from chronox.calendar import calendar_for
 from chronox.db import get_engine
 from chronox.settings import Settings
 from chronox.sinks import frames, state
+from chronox.store import TIMEFRAME
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +179,7 @@ def sync_bars(settings: Settings, symbols: Sequence[str], days: Sequence[str | d
 
 def _sync_day(engine: Engine, lake: Lake, market: str, symbols: Sequence[str], day: dt.date,
               result: SyncResult) -> None:
-    start, end = frames.day_window(market, day)
+    start, end = calendar_for(market).day_bounds(day)
     with engine.connect() as conn:
         bars = frames.read_bars(conn, symbols, start, end)
         holds = state.held(conn, sinks.LAKE, list(symbols), [day])
@@ -192,11 +194,11 @@ def _sync_day(engine: Engine, lake: Lake, market: str, symbols: Sequence[str], d
         if held is not None and held.digest == digest and held.rows == rows.num_rows:
             result.unchanged += 1
             continue
-        files.append((lake.bar_path(market, frames.TIMEFRAME, symbol, day), rows))
+        files.append((lake.bar_path(market, TIMEFRAME, symbol, day), rows))
         result.rows += rows.num_rows
     gone = [s for s in symbols if s not in present and holds.get((s, day), state.Held(0, "")).rows]
     lake.put_tables(files)
-    lake.remove(lake.bar_path(market, frames.TIMEFRAME, s, day) for s in gone)
+    lake.remove(lake.bar_path(market, TIMEFRAME, s, day) for s in gone)
     with engine.begin() as conn:
         state.record(conn, sinks.LAKE, entries + [(s, day, 0, "") for s in gone])
     result.written += len(files)
@@ -209,7 +211,7 @@ def _day(value: str | dt.date) -> dt.date:
 
 # -- reading and checking ----------------------------------------------------------------
 
-def dataset(lake: Lake, market: str = frames.DEFAULT_MARKET, tf: str = frames.TIMEFRAME,
+def dataset(lake: Lake, market: str = frames.DEFAULT_MARKET, tf: str = TIMEFRAME,
             symbol: str | None = None) -> Any:
     """The bars under the lake (or one symbol's) as a pyarrow dataset with the Hive
     partition columns; the files' own `symbol` column is the partition's value."""
@@ -233,7 +235,7 @@ def file_rows(lake: Lake, paths: Sequence[str]) -> dict[str, int]:
 
 
 def lake_counts(lake: Lake, first: dt.date, last: dt.date, symbols: Sequence[str] | None = None,
-                tf: str = frames.TIMEFRAME) -> dict[tuple[str, dt.date], int]:
+                tf: str = TIMEFRAME) -> dict[tuple[str, dt.date], int]:
     """Rows per (symbol, day) in the lake's bar files from `first` to `last`."""
     pattern = f"{lake.root}/bars/market=*/tf={tf}/symbol=*/date=*/{PART}"
     wanted = set(symbols) if symbols else None
