@@ -40,9 +40,15 @@ class Session:
         return self.regular_close.astimezone(NEW_YORK).time() < REGULAR_CLOSE
 
 
-def _clip(start: dt.date, end: dt.date) -> tuple[dt.date, dt.date] | None:
+@functools.lru_cache(maxsize=1)
+def _session_range() -> tuple[dt.date, dt.date]:
+    # The calendar's bounds are pandas lookups (microseconds each): asked once, not per call.
     cal = _xnys()
-    first, last = cal.first_session.date(), cal.last_session.date()
+    return cal.first_session.date(), cal.last_session.date()
+
+
+def _clip(start: dt.date, end: dt.date) -> tuple[dt.date, dt.date] | None:
+    first, last = _session_range()
     start, end = max(start, first), min(end, last)
     return (start, end) if start <= end else None
 
@@ -59,10 +65,11 @@ def _year_sessions(year: int) -> tuple[dt.date, ...]:
 
 def trading_days(start: dt.date, end: dt.date) -> list[dt.date]:
     """NYSE sessions from start to end inclusive (holidays and weekends excluded)."""
-    if _clip(start, end) is None:
+    bounds = _clip(start, end)
+    if bounds is None:
         return []
     out: list[dt.date] = []
-    for year in range(max(start.year, _xnys().first_session.year), min(end.year, _xnys().last_session.year) + 1):
+    for year in range(bounds[0].year, bounds[1].year + 1):
         days = _year_sessions(year)
         out.extend(days[bisect.bisect_left(days, start):bisect.bisect_right(days, end)])
     return out
