@@ -154,8 +154,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tickers", type=int, default=10_000)
     args = parser.parse_args()
-    from sqlalchemy import text
 
+    from chronox import registry
     from chronox.db import get_engine
 
     with tempfile.TemporaryDirectory() as tmp, temporary_database("chronox_bench", PG_ADMIN_URL) as url:
@@ -166,10 +166,7 @@ def main() -> None:
         print(f"day file: {args.tickers} tickers, {rows} rows, {size_mb:.1f} MB gzip "
               f"(generated in {time.perf_counter() - started:.1f} s)")
         engine = get_engine(url)
-        with engine.begin() as conn:  # the registry holds every ticker, as a full-market deployment would
-            conn.execute(text("INSERT INTO symbol_registry (symbol, strategy, timeframe, enabled, status, "
-                              "created_at, updated_at) SELECT unnest(CAST(:s AS text[])), 'flatpack', '1m', "
-                              "true, 'idle', now(), now()"), {"s": symbols})
+        registry.add_symbols(engine, symbols, "flatpack")  # every ticker, as a full-market deployment has
         ctx = multiprocessing.get_context("spawn")
         queue = ctx.Queue()
         child = ctx.Process(target=chronox_load, args=(url, str(root), symbols, queue))

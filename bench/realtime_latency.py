@@ -91,11 +91,9 @@ def register(url: str, active: list[str], backfill: list[str]) -> None:
     from chronox import registry
     from chronox.db import get_engine
 
-    with get_engine(url).begin() as conn:
-        for symbol in active:
-            registry.add_symbol(conn, symbol, "snapshot")
-        for symbol in backfill:
-            registry.add_symbol(conn, symbol, "api")
+    engine = get_engine(url)
+    registry.add_symbols(engine, active, "snapshot")
+    registry.add_symbols(engine, backfill, "api")
 
 
 def bare_fetch(base_url: str, batches: list[list[str]]) -> float:

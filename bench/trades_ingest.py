@@ -166,8 +166,8 @@ def main() -> None:
     parser.add_argument("--wanted", type=float, default=0.05, help="share of the tickers (and rows) registered")
     parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "chronox-bench")
     args = parser.parse_args()
-    from sqlalchemy import text
 
+    from chronox import registry
     from chronox.db import get_engine
 
     started = time.perf_counter()
@@ -178,10 +178,7 @@ def main() -> None:
     print(f"day file: {path} ({path.stat().st_size / 1e6:.0f} MB gzip, {args.rows:,} trades of {args.tickers:,} "
           f"tickers; ready in {time.perf_counter() - started:.1f} s)")
     with temporary_database("chronox_bench", PG_ADMIN_URL) as url:
-        with get_engine(url).begin() as conn:  # the registry holds the wanted tickers, with the trades phase
-            conn.execute(text("INSERT INTO symbol_registry (symbol, strategy, timeframe, enabled, status, "
-                              "created_at, updated_at) SELECT unnest(CAST(:s AS text[])), 'trades', '1m', "
-                              "true, 'idle', now(), now()"), {"s": symbols})
+        registry.add_symbols(get_engine(url), symbols, "trades")  # the wanted tickers, with the trades phase
         ctx = multiprocessing.get_context("spawn")
         queue = ctx.Queue()
         child = ctx.Process(target=chronox_load, args=(url, str(root), symbols, queue))

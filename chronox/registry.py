@@ -192,6 +192,24 @@ def add_symbol(bind: Bind, symbol: str, strategy: str, timeframe: str = "1m", en
     return get_symbol(bind, symbol)
 
 
+def add_symbols(bind: Bind, symbols: Sequence[str], strategy: str, timeframe: str = "1m") -> int:
+    """Register many US stocks from Polygon with one strategy in one statement (a full
+    market's tickers); each symbol is checked as add_symbol checks it. How many were added."""
+    strategy, timeframe = canonical_strategy(strategy), validate_timeframe(timeframe)
+    check_phases(parse_strategy(strategy), Market.STOCKS, ProviderId.POLYGON, timeframe)
+    now = _now()
+    rows = [{"symbol": canonical_symbol(s, Market.STOCKS), "strategy": strategy, "timeframe": timeframe,
+             "enabled": True, "market": Market.STOCKS.value, "provider": ProviderId.POLYGON.value,
+             "status": RegistryStatus.IDLE.value, "created_at": now, "updated_at": now} for s in symbols]
+    if rows:
+        try:
+            with _begin(bind) as conn:
+                conn.execute(REGISTRY.insert(), rows)
+        except IntegrityError:
+            raise InvalidInput("some of the symbols are already registered; use `symbols update`") from None
+    return len(rows)
+
+
 def get_symbol(bind: Bind, symbol: str) -> RegistryRow:
     symbol = lookup_symbol(symbol)
     with _begin(bind) as conn:

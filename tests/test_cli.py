@@ -181,3 +181,21 @@ def test_run_dry_run_shows_the_graph_and_touches_nothing(sqlite_url, flatfiles):
     assert count(sqlite_url, "SELECT count(*) FROM ohlcv_1m") == 0
     assert count(sqlite_url, "SELECT count(*) FROM coverage") == 0
     assert json.loads(invoke("symbols", "show", "AAPL", "--json")[1])["status"] == "idle"
+
+
+def test_many_symbols_register_at_once_with_the_checks_of_one(db_url):
+    from chronox import registry
+    from chronox.db import get_engine
+    from chronox.strategy import InvalidInput
+
+    engine = get_engine(db_url)
+    assert registry.add_symbols(engine, ["aapl", "BRK.B", "MSFT"], "FLATPACK+API") == 3
+    rows = {r.symbol: r for r in registry.list_symbols(engine)}
+    assert sorted(rows) == ["AAPL", "BRK.B", "MSFT"]
+    assert {(r.strategy, r.timeframe, r.market.value, r.provider.value, r.status.value, r.enabled)
+            for r in rows.values()} == {("flatpack+api", "1m", "stocks", "polygon", "idle", True)}
+    with pytest.raises(InvalidInput, match="invalid symbol"):
+        registry.add_symbols(engine, ["GOOD", "bad symbol!"], "api")
+    with pytest.raises(InvalidInput, match="already registered"):
+        registry.add_symbols(engine, ["NVDA", "AAPL"], "api")
+    assert sorted(r.symbol for r in registry.list_symbols(engine)) == ["AAPL", "BRK.B", "MSFT"]  # all or nothing
