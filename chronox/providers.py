@@ -16,13 +16,17 @@ SKIP_DETAIL = ("Polygon REST steps skipped: POLYGON_API_KEY is not set (flat fil
                "or CHRONOX_PROVIDER=replay to answer from local flat files)")
 
 
+def needs_key(instrument: Instrument | None = None) -> bool:
+    """Polygon needs POLYGON_API_KEY; Binance's and CoinGecko's public endpoints answer without one."""
+    return (instrument.provider if instrument else ProviderId.POLYGON) == ProviderId.POLYGON
+
+
 def provider_configured(settings: Settings, instrument: Instrument | None = None) -> bool:
     """Whether the REST phases of `instrument` (a US stock from Polygon by default) can run:
-    Polygon needs POLYGON_API_KEY (or the replay provider); Binance and CoinGecko answer without a key."""
+    a provider that needs a key has it, or the replay provider answers offline."""
     if settings.provider == ProviderName.REPLAY:
         return True
-    provider = instrument.provider if instrument else ProviderId.POLYGON
-    return provider != ProviderId.POLYGON or bool(settings.polygon_api_key)
+    return not needs_key(instrument) or bool(settings.polygon_api_key)
 
 
 def get_provider(settings: Settings, instrument: Instrument | None = None,

@@ -33,6 +33,7 @@ from chronox.bars import RAW_LIMIT, UTC, isoformat_utc
 from chronox.calendar import calendar_for, in_extended_session
 from chronox.db import get_engine
 from chronox.markets import Market, ProviderId, binance_symbol
+from chronox.providers import needs_key
 from chronox.settings import ConfigError, Settings
 from chronox.sources.binance_ws import BinanceStream, kline_bar
 from chronox.sources.binance_ws import channel as binance_channel
@@ -103,7 +104,7 @@ class StreamProcess:
         self._gap_fill = gap_fill
         self._engine = get_engine(settings.database_url)
         rows = registry.list_symbols(self._engine, enabled_only=True, phase="stream")
-        if not settings.polygon_api_key and (not rows or any(r.provider == ProviderId.POLYGON for r in rows)):
+        if not settings.polygon_api_key and (not rows or any(needs_key(r.instrument) for r in rows)):
             raise ConfigError("POLYGON_API_KEY is not set: `chronox stream` needs a Polygon API key")
         self.stats = StreamStats()
         self._backlog = Backlog(settings.stream_backlog)

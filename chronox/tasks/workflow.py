@@ -24,7 +24,7 @@ from celery.canvas import Signature, _chain
 
 from chronox import backfill
 from chronox.markets import Instrument, Market, ProviderId
-from chronox.providers import provider_configured
+from chronox.providers import needs_key, provider_configured
 from chronox.settings import load_settings, run_settings
 from chronox.sources.flatfiles import US_STOCKS
 from chronox.ticks import BY_FILE_DATASET
@@ -136,9 +136,8 @@ def _instrument(spec: dict[str, Any]) -> Instrument:
 
 
 def _rest_for(spec: dict[str, Any], with_rest: bool) -> bool:
-    """`with_rest` says whether Polygon's REST steps can run (a key or the replay
-    provider); Binance and CoinGecko answer without a key."""
-    return with_rest or _instrument(spec).provider != ProviderId.POLYGON
+    """`with_rest` says whether Polygon's REST steps can run (a key or the replay provider)."""
+    return with_rest or not needs_key(_instrument(spec))
 
 
 def symbol_chain(spec: dict[str, Any], options: dict[str, Any], with_rest: bool = True) -> list[Signature]:
