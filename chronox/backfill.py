@@ -109,14 +109,16 @@ def plan_run(settings: Settings, symbols: Sequence[str] | None = None,
              store: FlatFileStore | None = None, skip_phases: Sequence[str] = (),
              timeframe: str | None = None, options: dict[str, Any] | None = None,
              range_: str | None = None, market: str | None = None, provider: str | None = None,
-             provider_symbol: str | None = None) -> RunPlan:
+             provider_symbol: str | None = None,
+             registry_rows: Sequence[registry.RegistryRow] | None = None) -> RunPlan:
     """Decide the work of one registry execution; raises InvalidInput for bad arguments.
 
     skip_phases drops phases from every symbol (`--no-stream`); a symbol left with no
     phase is not part of the run. timeframe keeps the symbols registered at it. range_
     (a preset such as 1Y, chronox.ranges) stands for the start day it implies. market
     keeps the symbols of a market; with provider and provider_symbol it also says what
-    unregistered (ad-hoc) symbols are.
+    unregistered (ad-hoc) symbols are. registry_rows: the registry rows of `symbols`, when the
+    caller has read them already.
     """
     engine = get_engine(settings.database_url)
     if range_ is not None:
@@ -133,7 +135,8 @@ def plan_run(settings: Settings, symbols: Sequence[str] | None = None,
     adhoc: list[Instrument] = []
     if symbols:
         named = {lookup_symbol(s) for s in symbols}
-        rows = registry.list_symbols(engine, symbols=sorted(named), market=market)
+        rows = (list(registry_rows) if registry_rows is not None
+                else registry.list_symbols(engine, symbols=sorted(named), market=market))
         missing = sorted(named - {r.symbol for r in rows})
         if missing and override is None:
             raise InvalidInput(f"not registered: {', '.join(missing)} (add with `chronox symbols add`, or give "

@@ -115,6 +115,20 @@ class Coverage(Base):
     )
 
 
+class CoverageDays(Base):
+    """`coverage` folded into words of 64 calendar days per symbol, for the gap scan; kept by
+    triggers on `coverage` (migration 0012), never written by ChronoX's code. Word w starts on
+    1970-01-01 + 64 w; bit i of `days` is set when day 64 w + i has a coverage row of any
+    source, of `final_days` when it has one of another source than the api phase."""
+
+    __tablename__ = "coverage_days"
+
+    symbol: Mapped[str] = mapped_column(String(SYMBOL_LENGTH), primary_key=True)
+    word: Mapped[int] = mapped_column(Integer, primary_key=True)
+    days: Mapped[int] = mapped_column(BigInteger)
+    final_days: Mapped[int] = mapped_column(BigInteger)
+
+
 class Quarantine(Base):
     __tablename__ = "quarantine"
     __table_args__ = (Index("ix_quarantine_origin", "origin"),)

@@ -230,7 +230,7 @@ def list_symbols(bind: Bind, enabled_only: bool = False, symbols: Sequence[str] 
     if symbols is not None:
         query = query.where(REGISTRY.c.symbol.in_([lookup_symbol(s) for s in symbols]))
     with _begin(bind) as conn:
-        rows = [RegistryRow.from_db(row) for row in conn.execute(query)]
+        rows = [RegistryRow.from_db(row) for row in conn.execute(query).all()]
     return [r for r in rows if phase is None or phase in r.phases]
 
 

@@ -21,6 +21,7 @@ from chronox.bars import SOURCE_RANK, Bar, QuarantinedRow, isoformat_utc
 from chronox.calendar import new_york_day
 from chronox.models import (
     Coverage,
+    CoverageDays,
     Ohlcv1d,
     Ohlcv1h,
     Ohlcv1m,
@@ -34,6 +35,7 @@ from chronox.models import (
 
 OHLCV = table(Ohlcv1m)
 COVERAGE = table(Coverage)
+COVERAGE_DAYS = table(CoverageDays)
 QUARANTINE = table(Quarantine)
 OUTBOX = table(PublishOutbox)
 RUN_STEPS = table(RunStep)

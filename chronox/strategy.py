@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
 from typing import overload
 
@@ -34,6 +35,12 @@ def parse_strategy(text: str) -> tuple[str, ...]:
     """Phases of a strategy string, in canonical order; raises InvalidInput."""
     if not isinstance(text, str) or not text.strip():
         raise InvalidInput(f"empty strategy; use phases {'+'.join(PHASES)} joined with '+'")
+    return _phases(text)
+
+
+# A market's registry rows name a handful of strategies, asked for once per row and phase.
+@functools.lru_cache(maxsize=256)
+def _phases(text: str) -> tuple[str, ...]:
     key = text.strip().lower()
     if key in LEGACY_ALIASES:
         return LEGACY_ALIASES[key]

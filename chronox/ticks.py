@@ -695,6 +695,8 @@ def plan_day_files(settings: Settings, plans: Sequence[Planned]) -> tuple[dict[s
     """
     wanted: dict[str, dict[str, set[dt.date]]] = {}
     for p in plans:
+        if not any(name in p.phases for name in KINDS):
+            continue
         instrument = Instrument(p.symbol, Market(p.market), ProviderId(p.provider))
         first, last = parse_day(p.start), parse_day(p.end)
         if not serves_ticks(instrument) or first > last:
