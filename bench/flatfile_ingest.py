@@ -5,10 +5,11 @@ names trade most minutes, the long tail rarely), then on PostgreSQL measures:
   (a) ChronoX's day load (gzip + CSV parse + validation + COPY + coverage) into an
       empty ohlcv_1m, in a fresh process so its peak memory is its own;
   (a') the same load again with every row already present (the idempotent reload);
-  (b) a plain COPY of the same rows, pre-rendered in memory, into an identical empty table
-      (partitioned as ohlcv_1m is).
+  (b) a plain COPY of the same rows, pre-rendered in memory as text, into an identical empty
+      table (partitioned as ohlcv_1m is); and, for comparison, a binary COPY of them (the
+      format ChronoX's load sends).
   (b') a plain COPY of the rollup rows the first load wrote (ohlcv_5m, 15m, 1h), the same way.
-Last line: `flatfile_ingest ratio=<chronox rows/s / COPY rows/s>` (the minute rows' COPY (b)).
+Last line: `flatfile_ingest ratio=<chronox rows/s / COPY rows/s>` (the minute rows' text COPY (b)).
 """
 from __future__ import annotations
 
@@ -97,57 +98,65 @@ def chronox_load(url: str, root: str, symbols: list[str], queue) -> None:  # typ
 
 
 ROLLUP_TABLES = ("ohlcv_5m", "ohlcv_15m", "ohlcv_1h")
+MINUTE_COLUMNS = "symbol, ts, open, high, low, close, volume, vwap, transactions, source"
+ROLLUP_COLUMNS = "symbol, bucket, open, high, low, close, volume, bars"
+FORMATS = {"text": "", "binary": " WITH (FORMAT binary)"}
 
 
-def _timed_copy(engine, table: str, text_: bytes, columns: str) -> float:  # type: ignore[no-untyped-def]
+def _timed_copy(engine, table: str, data: bytes, columns: str, form: str) -> float:  # type: ignore[no-untyped-def]
     raw_conn = engine.raw_connection()
     try:
         with raw_conn.cursor() as cursor:
             started = time.perf_counter()
-            cursor.copy_expert(f"COPY {table} ({columns}) FROM STDIN", io.BytesIO(text_), size=1 << 20)
+            cursor.copy_expert(f"COPY {table} ({columns}) FROM STDIN{FORMATS[form]}", io.BytesIO(data), size=1 << 20)
             raw_conn.commit()
             return time.perf_counter() - started
     finally:
         raw_conn.close()
 
 
-def plain_copy(url: str, root: Path, symbols: list[str]) -> tuple[int, float, int, float]:
-    """Baseline: the same valid rows, rendered before timing, COPYed into a table made like
-    ohlcv_1m: the same columns, key and partitioning (the day's month partition and a default).
-    And the rollup rows the load wrote, COPYed the same way into tables like theirs.
-    (minute rows, their COPY's seconds, rollup rows, their COPYs' seconds)"""
+def plain_copy(url: str) -> dict[str, float | int]:
+    """Baselines: the rows the first load stored, dumped before timing, COPYed into a table
+    made like ohlcv_1m: the same columns, key and partitioning (the day's month partition and a
+    default); the rollup rows it wrote, COPYed the same way into tables like theirs. Each in
+    text (PostgreSQL's own rendering: shortest exact numbers) and in binary COPY, into tables
+    of their own. Row counts and seconds by name."""
     from sqlalchemy import text
 
     from chronox.db import get_engine
-    from chronox.sources.flatfiles import DayFileReader, DayFileRows, relative_path
 
-    with open(root / relative_path(DAY), "rb") as raw:
-        minutes = b"".join(DayFileRows(DayFileReader(raw, DAY, symbols, "baseline"), "flatpack").copy_lines())
     month, next_month = DAY.replace(day=1), (DAY.replace(day=1) + dt.timedelta(days=31)).replace(day=1)
     engine = get_engine(url)
-    rollups: dict[str, bytes] = {}
+    dumps: dict[tuple[str, str], bytes] = {}
     raw_conn = engine.raw_connection()
     try:
         with raw_conn.cursor() as cursor:
-            for table in ROLLUP_TABLES:
-                out = io.BytesIO()
-                cursor.copy_expert(f"COPY {table} TO STDOUT", out)
-                rollups[table] = out.getvalue()
+            for form, option in FORMATS.items():
+                for table, columns in (("ohlcv_1m", MINUTE_COLUMNS), *((t, ROLLUP_COLUMNS) for t in ROLLUP_TABLES)):
+                    out = io.BytesIO()
+                    # In the file's order (ticker, then time), as a load of the file would send them.
+                    cursor.copy_expert(f"COPY (SELECT {columns} FROM {table} ORDER BY 1, 2) TO STDOUT{option}", out)
+                    dumps[table, form] = out.getvalue()
     finally:
         raw_conn.close()
     with engine.begin() as conn:
-        conn.execute(text("CREATE TABLE ohlcv_1m_baseline (LIKE ohlcv_1m INCLUDING ALL) PARTITION BY RANGE (ts)"))
-        conn.execute(text(f"CREATE TABLE ohlcv_1m_baseline_month PARTITION OF ohlcv_1m_baseline FOR VALUES "
-                          f"FROM ('{month} 00:00+00') TO ('{next_month} 00:00+00')"))
-        conn.execute(text("CREATE TABLE ohlcv_1m_baseline_default PARTITION OF ohlcv_1m_baseline DEFAULT"))
-        for table in ROLLUP_TABLES:
-            conn.execute(text(f"CREATE TABLE {table}_baseline (LIKE {table} INCLUDING ALL)"))
-    minutes_s = _timed_copy(engine, "ohlcv_1m_baseline", minutes, "symbol, ts, open, high, low, close, volume, "
-                                                                  "vwap, transactions, source")
-    rollups_s = sum(_timed_copy(engine, f"{table}_baseline", rollups[table], "symbol, bucket, open, high, low, "
-                                                                             "close, volume, bars")
-                    for table in ROLLUP_TABLES)
-    return minutes.count(b"\n"), minutes_s, sum(text_.count(b"\n") for text_ in rollups.values()), rollups_s
+        for form in FORMATS:
+            base = f"ohlcv_1m_{form}"
+            conn.execute(text(f"CREATE TABLE {base} (LIKE ohlcv_1m INCLUDING ALL) PARTITION BY RANGE (ts)"))
+            conn.execute(text(f"CREATE TABLE {base}_month PARTITION OF {base} FOR VALUES "
+                              f"FROM ('{month} 00:00+00') TO ('{next_month} 00:00+00')"))
+            conn.execute(text(f"CREATE TABLE {base}_default PARTITION OF {base} DEFAULT"))
+            for table in ROLLUP_TABLES:
+                conn.execute(text(f"CREATE TABLE {table}_{form} (LIKE {table} INCLUDING ALL)"))
+    out: dict[str, float | int] = {
+        "minute_rows": dumps["ohlcv_1m", "text"].count(b"\n"),
+        "rollup_rows": sum(dumps[t, "text"].count(b"\n") for t in ROLLUP_TABLES)}
+    for form in FORMATS:
+        out[f"minutes_{form}_s"] = _timed_copy(engine, f"ohlcv_1m_{form}", dumps["ohlcv_1m", form], MINUTE_COLUMNS,
+                                               form)
+        out[f"rollups_{form}_s"] = sum(_timed_copy(engine, f"{table}_{form}", dumps[table, form], ROLLUP_COLUMNS,
+                                                   form) for table in ROLLUP_TABLES)
+    return out
 
 
 def main() -> None:
@@ -174,8 +183,9 @@ def main() -> None:
         result = queue.get()
         child.join()
         assert result["rows"] == rows == result["reload_rows"], result
-        copy_rows, copy_s, rollup_rows, rollup_copy_s = plain_copy(url, root, symbols)
-        assert copy_rows == rows
+        base = plain_copy(url)
+        assert base["minute_rows"] == rows
+        copy_s, rollup_rows = base["minutes_text_s"], base["rollup_rows"]
         chronox_rate = rows / result["first_s"]
         copy_rate = rows / copy_s
         print(f"chronox first load: {result['first_s']:.2f} s, {chronox_rate:,.0f} rows/s")
@@ -185,12 +195,17 @@ def main() -> None:
         without = result["first_s"] - result["rollup_s"]
         print(f"rollups (ohlcv_5m, ohlcv_15m, ohlcv_1h) written inside the first load: {result['rollup_s']:.2f} s, "
               f"{result['rollup_s'] / without:.0%} more than the load without them (target <= 15%)")
-        print(f"plain COPY (pre-rendered): {copy_s:.2f} s, {copy_rate:,.0f} rows/s")
+        print(f"plain COPY (pre-rendered text): {copy_s:.2f} s, {copy_rate:,.0f} rows/s; binary COPY of the same "
+              f"rows: {base['minutes_binary_s']:.2f} s")
         print(f"chronox first load without writing its rollups: {without:.2f} s, {rows / without:,.0f} rows/s, "
-              f"{copy_s / without:.2f} of the plain COPY")
+              f"{copy_s / without:.2f} of the plain COPY, {base['minutes_binary_s'] / without:.2f} of the binary COPY")
+        every_text = copy_s + base["rollups_text_s"]
+        every_binary = base["minutes_binary_s"] + base["rollups_binary_s"]
         print(f"plain COPY of every row the first load writes ({rows:,} minutes and {rollup_rows:,} rollup rows of "
-              f"ohlcv_5m/15m/1h, pre-rendered): {copy_s + rollup_copy_s:.2f} s, "
-              f"{(copy_s + rollup_copy_s) / result['first_s']:.2f} of ChronoX's first load")
+              f"ohlcv_5m/15m/1h, pre-rendered): text {every_text:.2f} s, {every_text / result['first_s']:.2f} of "
+              f"ChronoX's first load; binary {every_binary:.2f} s, {every_binary / result['first_s']:.2f}")
+        print(f"chronox first load vs a binary COPY of its minute rows: "
+              f"{base['minutes_binary_s'] / result['first_s']:.2f}")
         print(f"flatfile_ingest ratio={chronox_rate / copy_rate:.2f}")
 
 

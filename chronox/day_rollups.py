@@ -13,16 +13,12 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterator, Sequence
-from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 from sqlalchemy import Connection
 
-from chronox import rollups, store
-from chronox.bars import isoformat_utc
-from chronox.sources.flatfiles import MINUTES_PER_DAY, DayBatch, DayFileReader, concatenated
+from chronox import pgcopy, rollups, store
+from chronox.sources.flatfiles import MINUTES_PER_DAY, DayBatch, DayFileReader
 
 CHUNK_ROWS = 20_000  # rollup rows per piece of COPY text
 
@@ -89,12 +85,7 @@ class DayRollups:
         self._in_order = True
 
     def add(self, batch: DayBatch) -> None:
-        symbols, minutes, prices = batch.symbols, batch.minutes, batch.prices
-        if batch.extra:
-            extra = [row for _, row in batch.extra]
-            symbols = np.concatenate([symbols, [self._index[r.symbol] for r in extra]])
-            minutes = np.concatenate([minutes, [r.minute for r in extra]])
-            prices = np.concatenate([prices, [[r.open, r.high, r.low, r.close, r.volume] for r in extra]])
+        symbols, minutes, prices, _ = self._reader.columns(batch)
         if self._waiting is not None:
             symbols, minutes, prices = (np.concatenate([w, n]) for w, n in zip(self._waiting,
                                                                                (symbols, minutes, prices),
@@ -140,23 +131,23 @@ class DayRollups:
         for timeframe, parts in zip(rollups.CHAIN[1:], self._timeframes(), strict=True):
             table, minutes = rollups.TIMEFRAME_TABLES[timeframe]
             chosen = parts if wanted.all() else [bars.only(wanted[bars.symbols]) for bars in parts]
-            store.replace_rollups(conn, table.name, changed, start, end, self._text(chosen, minutes, start))
+            store.replace_rollups(conn, table.name, changed, start, end, self._binary(chosen, minutes, start))
 
-    def _text(self, parts: list[_Bars], minutes: int, start: dt.datetime) -> Iterator[bytes]:
-        """COPY text of rollup rows in store.ROLLUP_COLUMNS order, a chunk at a time; numbers
-        in their shortest form that reads back as the same double."""
-        names = pa.array([s.encode() for s in self._reader.symbols], pa.binary())
-        times = pa.array([isoformat_utc(start + dt.timedelta(minutes=minutes * k)).encode()
-                          for k in range(MINUTES_PER_DAY // minutes + 1)], pa.binary())
-        tab, empty, newline = (pa.scalar(b, pa.binary()) for b in (b"\t", b"", b"\n"))
+    def _binary(self, parts: list[_Bars], minutes: int, start: dt.datetime) -> Iterator[bytes]:
+        """Binary COPY of rollup rows in store.ROLLUP_COLUMNS order, a chunk at a time (the
+        numbers as the doubles they are: nothing to render, nothing for PostgreSQL to parse)."""
+        names = [s.encode() for s in self._reader.symbols]
+        first, step = pgcopy.microseconds(start), minutes * 60_000_000
+        yield pgcopy.HEADER
         for bars in parts:
-            for first in range(0, len(bars.symbols), CHUNK_ROWS):
-                part = slice(first, first + CHUNK_ROWS)
-                numbers = [_text_of(pa.array(bars.prices[part, i])) for i in range(5)]
-                counts = pc.binary_join_element_wise(_text_of(pa.array(bars.bars[part])), newline, empty)
-                yield concatenated(pc.binary_join_element_wise(
-                    names.take(pa.array(bars.symbols[part])), times.take(pa.array(bars.buckets[part])), *numbers,
-                    counts, tab))
+            for offset in range(0, len(bars.symbols), CHUNK_ROWS):
+                part = slice(offset, offset + CHUNK_ROWS)
+                prices = bars.prices[part]
+                yield pgcopy.symbol_rows(names, bars.symbols[part], [
+                    pgcopy.Field(pgcopy.TIMESTAMPTZ, first + bars.buckets[part].astype(np.int64) * step),
+                    *(pgcopy.Field(pgcopy.FLOAT8, prices[:, i]) for i in range(5)),
+                    pgcopy.Field(pgcopy.INT4, bars.bars[part])])
+        yield pgcopy.TRAILER
 
 
 def _merged(parts: list[_Bars]) -> _Bars:
@@ -176,6 +167,3 @@ def _merged(parts: list[_Bars]) -> _Bars:
     merged.prices[:, 3] = prices[by_last][_bounds(symbols[by_last], buckets[by_last])[1], 3]
     return merged
 
-
-def _text_of(numbers: Any) -> Any:
-    return pc.cast(pc.cast(numbers, pa.string()), pa.binary())

@@ -47,8 +47,11 @@ OutboxEntry = tuple[str, dt.date, str]  # symbol, trading day, source
 class DayRows(Protocol):
     """A day file's rows in the two shapes storage takes; a load uses exactly one of them."""
 
+    binary: bool  # copy_lines() is a binary COPY stream (chronox.pgcopy), else COPY text
+
     def copy_lines(self) -> Iterator[Any]:
-        """PostgreSQL COPY text in COPY_COLUMNS order, in pieces of whole lines (str or bytes)."""
+        """PostgreSQL COPY in COPY_COLUMNS order: pieces of whole lines of text (str or bytes),
+        or with `binary` the pieces of a binary COPY stream."""
         ...
 
     def records(self) -> Iterator[dict[str, Any]]:
@@ -119,12 +122,16 @@ class _CopyStream:
             raise
 
 
-def _copy(conn: Connection, table: str, lines: Iterator[Any], columns: Sequence[str] = COPY_COLUMNS) -> None:
+def _copy(conn: Connection, table: str, lines: Iterator[Any], columns: Sequence[str] = COPY_COLUMNS,
+          binary: bool = False) -> None:
+    """COPY `lines` into `table`: text pieces of whole lines, or with `binary` the pieces of
+    a binary COPY stream (chronox.pgcopy: header, rows, trailer)."""
     raw = conn.connection.dbapi_connection
     stream = _CopyStream(lines)
+    options = " WITH (FORMAT binary)" if binary else ""
     with raw.cursor() as cursor:  # type: ignore[union-attr]
         try:
-            cursor.copy_expert(f"COPY {table} ({', '.join(columns)}) FROM STDIN", stream, size=1 << 20)
+            cursor.copy_expert(f"COPY {table} ({', '.join(columns)}) FROM STDIN{options}", stream, size=1 << 20)
         except Exception:
             if stream.error is not None:
                 raise stream.error from None
@@ -137,7 +144,7 @@ def copy_into(conn: Connection, table: str, lines: Iterator[Any], columns: Seque
 
 
 def _replace_postgres(conn: Connection, lines: Iterator[Any], symbols: Sequence[str],
-                      start: dt.datetime, end: dt.datetime) -> list[str]:
+                      start: dt.datetime, end: dt.datetime, binary: bool) -> list[str]:
     """First load: COPY straight into ohlcv_1m.
 
     Reload: COPY into an unindexed staging table, find the symbols whose rows differ
@@ -149,10 +156,10 @@ def _replace_postgres(conn: Connection, lines: Iterator[Any], symbols: Sequence[
     day_rows = "symbol = ANY(%(symbols)s) AND ts >= %(start)s AND ts < %(end)s"
     exists = conn.exec_driver_sql(f"SELECT EXISTS (SELECT 1 FROM ohlcv_1m WHERE {day_rows})", window).scalar()
     if not exists:
-        _copy(conn, "ohlcv_1m", lines)
+        _copy(conn, "ohlcv_1m", lines, binary=binary)
         return list(symbols)
     conn.exec_driver_sql("CREATE TEMP TABLE ohlcv_1m_staging (LIKE ohlcv_1m) ON COMMIT DROP")
-    _copy(conn, "ohlcv_1m_staging", lines)
+    _copy(conn, "ohlcv_1m_staging", lines, binary=binary)
     conn.exec_driver_sql("ANALYZE ohlcv_1m_staging")
     # The comparison hashes a whole day of the market; keep it in memory rather than spilling.
     conn.exec_driver_sql("SET LOCAL work_mem = '256MB'")
@@ -203,7 +210,7 @@ def replace_day(conn: Connection, rows: DayRows, symbols: Sequence[str], start: 
     """
     if conn.dialect.name == "postgresql":
         partitions.ensure_window(conn, OHLCV.name, start, end)  # normally made already, outside the load
-        return _replace_postgres(conn, rows.copy_lines(), symbols, start, end)
+        return _replace_postgres(conn, rows.copy_lines(), symbols, start, end, rows.binary)
     _replace_sqlite(conn, rows.records(), symbols, start, end)
     return list(symbols)
 
@@ -212,12 +219,13 @@ ROLLUP_COLUMNS = ("symbol", "bucket", "open", "high", "low", "close", "volume", 
 
 
 def replace_rollups(conn: Connection, table: str, symbols: Sequence[str], start: dt.datetime, end: dt.datetime,
-                    lines: Iterator[Any]) -> None:
-    """PostgreSQL: make the rows of `symbols` in [start, end) of rollup `table` exactly `lines`
-    (COPY text in ROLLUP_COLUMNS order), as chronox.rollups.refresh would from the minutes."""
+                    binary_rows: Iterator[bytes]) -> None:
+    """PostgreSQL: make the rows of `symbols` in [start, end) of rollup `table` exactly
+    `binary_rows` (a binary COPY stream in ROLLUP_COLUMNS order, chronox.pgcopy), as
+    chronox.rollups.refresh would from the minutes."""
     conn.exec_driver_sql(f"DELETE FROM {table} WHERE symbol = ANY(%(symbols)s) AND bucket >= %(start)s "
                          "AND bucket < %(end)s", {"symbols": list(symbols), "start": start, "end": end})
-    _copy(conn, table, lines, ROLLUP_COLUMNS)
+    _copy(conn, table, binary_rows, ROLLUP_COLUMNS, binary=True)
 
 
 def cover_day(conn: Connection, day: dt.date, rows: Mapping[str, int], source: str) -> None:

@@ -245,6 +245,8 @@ class BinanceDayRows:
                 tap(symbol, iso[r.minute], r.open, r.high, r.low, r.close, r.volume)
             yield r
 
+    binary = False  # copy_lines() is COPY text
+
     def copy_lines(self) -> Iterator[str]:
         iso, symbol, source = self.reader.minute_iso, self.reader.symbol, self.source
         for r in self._rows():

@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from chronox import pgcopy
 from chronox.bars import MAX_TRANSACTIONS, QuarantinedRow, isoformat_utc, price_problem, raw_line
 from chronox.calendar import day_bounds_utc
 from chronox.settings import Settings
@@ -203,9 +204,8 @@ def _blocks(raw: IO[bytes]) -> Iterator[bytes]:
 class DayBatch:
     """The rows kept from one block of a day file, in file order.
 
-    Most are columns (numpy arrays and the numbers' text as written, which COPY takes as
-    it is); `extra` holds the few rows only the per-row rules accepted (an odd spelling of a
-    number), with their place in the block.
+    Most are numpy columns; `extra` holds the few rows only the per-row rules accepted (an
+    odd spelling of a number), with their place in the block.
     """
 
     order: np.ndarray  # line of each row within its block
@@ -213,7 +213,6 @@ class DayBatch:
     minutes: np.ndarray  # index into DayFileReader.minute_times / minute_iso
     prices: np.ndarray  # float64, shape (rows, 5): open, high, low, close, volume
     transactions: np.ndarray  # int64, -1 where the file has none
-    texts: list[Any]  # pyarrow binary arrays: open, high, low, close, volume, transactions as written
     extra: list[tuple[int, FlatRow]]
 
     def __len__(self) -> int:
@@ -263,8 +262,8 @@ class DayFileReader:
         self._symbol_index = {s: i for i, s in enumerate(self.symbols)}
         self._tickers = pa.array([t.encode() for t in tickers], pa.binary())
         self._symbol_of_ticker = np.array([self._symbol_index[self._canonical(t)] for t in tickers], dtype=np.int64)
-        self._symbol_text = pa.array([s.encode() for s in self.symbols], pa.binary())
-        self._iso_text = pa.array([t.encode() for t in self.minute_iso], pa.binary())
+        self._symbol_names = [s.encode() for s in self.symbols]
+        self._day_start_us = pgcopy.microseconds(start)
         # A bit per symbol-minute kept (a full market's day: 1.8 MB; a byte each was 14 MB of
         # the load's peak), and the rows kept per symbol.
         self._seen = np.zeros((len(self.symbols) * MINUTES_PER_DAY + 7) // 8, dtype=np.uint8)
@@ -382,8 +381,7 @@ class DayFileReader:
         chosen = good_at[keep]
         return DayBatch(
             order=lines_at[chosen], symbols=symbols[chosen], minutes=minutes[chosen], prices=prices[chosen],
-            transactions=counts[chosen], texts=[text[name].take(pa.array(chosen)) for name in (*NUMBERS,
-                                                                                               "transactions")],
+            transactions=counts[chosen],
             extra=[(i, FlatRow(self.symbols[s], m, o_, h_, l_, c_, v_, n_))
                    for (i, (s, m, o_, h_, l_, c_, v_, n_)), k in zip(extra, keep_extra, strict=True) if k])
 
@@ -471,25 +469,29 @@ class DayFileReader:
         merged = sorted([*zip(batch.order.tolist(), rows, strict=True), *batch.extra], key=lambda item: item[0])
         return [row for _, row in merged]
 
-    def copy_text(self, batch: DayBatch, source: str) -> bytes:
-        """A batch's rows as PostgreSQL COPY text in store.COPY_COLUMNS order. The numbers go
-        as written in the file (plain decimals, read by PostgreSQL as by the kernels); rows
-        of odd spellings are rendered from their values."""
-        text = b""
-        if len(batch.order):
-            o, h, low, c, v, n = batch.texts
-            n = pc.if_else(pc.equal(pc.binary_length(n), 0), pa.scalar(b"\\N", pa.binary()), n)
-            lines = pc.binary_join_element_wise(
-                self._symbol_text.take(pa.array(batch.symbols)), self._iso_text.take(pa.array(batch.minutes)),
-                o, h, low, c, v, pa.scalar(b"\\N", pa.binary()), n, pa.scalar(f"{source}\n".encode(), pa.binary()),
-                pa.scalar(b"\t", pa.binary()))
-            text = concatenated(lines)
-        if batch.extra:
-            iso, none = self.minute_iso, "\\N"
-            text += "".join(f"{r.symbol}\t{iso[r.minute]}\t{r.open!r}\t{r.high!r}\t{r.low!r}\t{r.close!r}\t"
-                            f"{r.volume!r}\t{none}\t{none if r.transactions is None else r.transactions}\t{source}\n"
-                            for _, r in batch.extra).encode()
-        return text
+    def columns(self, batch: DayBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Every kept row of a batch as columns, `extra` rows after the others: symbol
+        indexes, minutes, prices (open, high, low, close, volume), transactions (-1: none)."""
+        if not batch.extra:
+            return batch.symbols, batch.minutes, batch.prices, batch.transactions
+        extra = [row for _, row in batch.extra]
+        return (np.concatenate([batch.symbols, [self._symbol_index[r.symbol] for r in extra]]).astype(np.int64),
+                np.concatenate([batch.minutes, [r.minute for r in extra]]).astype(np.int64),
+                np.concatenate([batch.prices, [[r.open, r.high, r.low, r.close, r.volume] for r in extra]]),
+                np.concatenate([batch.transactions, [-1 if r.transactions is None else r.transactions
+                                                     for r in extra]]).astype(np.int64))
+
+    def copy_binary(self, batch: DayBatch, source: str) -> bytes:
+        """A batch's rows as binary COPY rows (chronox.pgcopy) in store.COPY_COLUMNS order:
+        the doubles the checks read, which PostgreSQL stores as they are (a text COPY had it
+        parse every number and timestamp again)."""
+        symbols, minutes, prices, counts = self.columns(batch)
+        return pgcopy.symbol_rows(self._symbol_names, symbols, [
+            pgcopy.Field(pgcopy.TIMESTAMPTZ, self._day_start_us + minutes * 60_000_000),
+            *(pgcopy.Field(pgcopy.FLOAT8, prices[:, i]) for i in range(5)),
+            pgcopy.Field.null(),  # vwap: day files have none
+            pgcopy.Field(pgcopy.INT4, counts, nulls=counts < 0),
+            pgcopy.Field.text(source.encode())])
 
 
 def _numbers(values: Any, plain: np.ndarray, kind: Any) -> np.ndarray:
@@ -535,15 +537,19 @@ class DayFileRows:
             for r in rows:
                 tap(r.symbol, iso[r.minute], r.open, r.high, r.low, r.close, r.volume)
 
+    binary = True  # copy_lines() is a binary COPY stream
+
     def copy_lines(self) -> Iterator[bytes]:
-        """COPY text, a block of whole lines at a time."""
+        """Binary COPY (chronox.pgcopy): the header, a block of rows at a time, the trailer."""
         reader = self.reader
+        yield pgcopy.HEADER
         for batch in reader.batches():
             if self._watch is not None:
                 self._watch(batch)
             if self._tap is not None:
                 self._report(reader.rows(batch))
-            yield reader.copy_text(batch, self.source)
+            yield reader.copy_binary(batch, self.source)
+        yield pgcopy.TRAILER
 
     def records(self) -> Iterator[dict[str, Any]]:
         times = self.reader.minute_times
