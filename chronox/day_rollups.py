@@ -136,7 +136,7 @@ class DayRollups:
     def _binary(self, parts: list[_Bars], minutes: int, start: dt.datetime) -> Iterator[bytes]:
         """Binary COPY of rollup rows in store.ROLLUP_COLUMNS order, a chunk at a time (the
         numbers as the doubles they are: nothing to render, nothing for PostgreSQL to parse)."""
-        names = [s.encode() for s in self._reader.symbols]
+        names = self._reader.names
         first, step = pgcopy.microseconds(start), minutes * 60_000_000
         yield pgcopy.HEADER
         for bars in parts:

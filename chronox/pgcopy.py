@@ -48,19 +48,26 @@ def microseconds(moment: dt.datetime) -> int:
     return (moment - POSTGRES_EPOCH) // dt.timedelta(microseconds=1)
 
 
-def symbol_rows(names: Sequence[bytes], symbols: np.ndarray, fields: Sequence[Field]) -> bytes:
-    """Binary COPY rows (no header, no trailer): a text field, `names[symbols[i]]`, then each
-    field's value of row i. Rows of one layout come out together, in their order; COPY does
-    not care about the order of rows."""
+class Names:
+    """The symbols rows refer to by index, as the arrays symbol_rows needs: made once per
+    load, not once per block of rows."""
+
+    def __init__(self, names: Sequence[bytes]):
+        self.lengths = np.array([len(n) for n in names], dtype=np.int64)
+        # Names are ASCII without NUL bytes, so numpy's fixed-width bytes keep them whole.
+        self.array = np.array(names, dtype=f"S{max((len(n) for n in names), default=1)}")
+
+
+def symbol_rows(names: Names, symbols: np.ndarray, fields: Sequence[Field]) -> bytes:
+    """Binary COPY rows (no header, no trailer): a text field, the name of `symbols[i]`, then
+    each field's value of row i. Rows of one layout come out together, in their order; COPY
+    does not care about the order of rows."""
     if not len(symbols):
         return b""
-    lengths = np.array([len(n) for n in names], dtype=np.int64)
-    layout = lengths[symbols]
+    layout = names.lengths[symbols]
     nullable = [i for i, f in enumerate(fields) if f.nulls is not None]
     for bit, i in enumerate(nullable, start=1):
         layout = layout | (np.asarray(fields[i].nulls, dtype=np.int64) << (32 + bit))
-    # Names are ASCII without NUL bytes, so numpy's fixed-width bytes keep them whole.
-    name_array = np.array(names, dtype=f"S{int(lengths.max())}")
     out = []
     for key in np.unique(layout):
         rows = np.flatnonzero(layout == key)
@@ -75,7 +82,7 @@ def symbol_rows(names: Sequence[bytes], symbols: np.ndarray, fields: Sequence[Fi
         block = np.empty(len(rows), dtype=np.dtype(columns))
         block["count"] = 1 + len(fields)
         block["symbol_length"] = length
-        block["symbol"] = name_array[symbols[rows]]
+        block["symbol"] = names.array[symbols[rows]]
         for i, f in enumerate(fields):
             if f.values is None or i in null_here:
                 block[f"length{i}"] = NULL

@@ -262,7 +262,7 @@ class DayFileReader:
         self._symbol_index = {s: i for i, s in enumerate(self.symbols)}
         self._tickers = pa.array([t.encode() for t in tickers], pa.binary())
         self._symbol_of_ticker = np.array([self._symbol_index[self._canonical(t)] for t in tickers], dtype=np.int64)
-        self._symbol_names = [s.encode() for s in self.symbols]
+        self.names = pgcopy.Names([s.encode() for s in self.symbols])
         self._day_start_us = pgcopy.microseconds(start)
         # A bit per symbol-minute kept (a full market's day: 1.8 MB; a byte each was 14 MB of
         # the load's peak), and the rows kept per symbol.
@@ -486,7 +486,7 @@ class DayFileReader:
         the doubles the checks read, which PostgreSQL stores as they are (a text COPY had it
         parse every number and timestamp again)."""
         symbols, minutes, prices, counts = self.columns(batch)
-        return pgcopy.symbol_rows(self._symbol_names, symbols, [
+        return pgcopy.symbol_rows(self.names, symbols, [
             pgcopy.Field(pgcopy.TIMESTAMPTZ, self._day_start_us + minutes * 60_000_000),
             *(pgcopy.Field(pgcopy.FLOAT8, prices[:, i]) for i in range(5)),
             pgcopy.Field.null(),  # vwap: day files have none
