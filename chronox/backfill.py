@@ -30,6 +30,7 @@ from chronox.sources.flatfiles import (
     FlatFileError,
     FlatFileStore,
 )
+from chronox.store import DayLoadResult
 from chronox.strategy import InvalidInput, parse_day, parse_strategy, validate_timeframe
 
 log = logging.getLogger(__name__)
@@ -245,25 +246,6 @@ def begin_run(settings: Settings, symbols: Sequence[str], rest_skipped: Sequence
             log.warning("REST steps of %d symbol(s) left out: %s", len(skipped), note.text)
             result.update(step="REST steps", symbols=sorted(skipped), skipped=note.text)
     return result
-
-
-@dataclass
-class DayLoadResult:
-    day: dt.date
-    rows: dict[str, int] = field(default_factory=dict)
-    quarantined: int = 0
-    duplicates: int = 0
-    published: int = 0
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "day": self.day.isoformat(),
-            "rows": sum(self.rows.values()),
-            "symbols": len(self.rows),
-            "quarantined": self.quarantined,
-            "duplicates": self.duplicates,
-            "published": self.published,
-        }
 
 
 def load_flat_day(delivery: Delivery, reader: Any, symbols: Sequence[str],

@@ -11,6 +11,7 @@ import datetime as dt
 import itertools
 import json
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from sqlalchemy import Connection, Table, and_, case, delete, func, insert, select, tuple_
@@ -57,6 +58,28 @@ class DayRows(Protocol):
     def records(self) -> Iterator[dict[str, Any]]:
         """Rows as column -> value, `ts` a UTC datetime."""
         ...
+
+
+@dataclass
+class DayLoadResult:
+    """What a day load (minute bars or ticks) stored: rows per symbol, rows quarantined,
+    repeats dropped, messages published."""
+
+    day: dt.date
+    rows: dict[str, int] = field(default_factory=dict)
+    quarantined: int = 0
+    duplicates: int = 0
+    published: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "day": self.day.isoformat(),
+            "rows": sum(self.rows.values()),
+            "symbols": len(self.rows),
+            "quarantined": self.quarantined,
+            "duplicates": self.duplicates,
+            "published": self.published,
+        }
 
 
 def dialect_insert(conn: Connection, target: Table) -> Any:

@@ -54,7 +54,7 @@ from chronox.sources.flatfiles import (
     FlatFileStore,
     concatenated,
 )
-from chronox.store import quarantine_rows
+from chronox.store import DayLoadResult, quarantine_rows
 from chronox.strategy import SYMBOL_PATTERN, parse_day, validate_symbol
 from chronox.tick_store import QUOTES, TRADES, Row
 
@@ -93,14 +93,17 @@ class TickKind:
         return tick_store.COLUMNS[self.name]
 
 
+# The fields every tick file has and every tick table keeps first (models.TickColumns):
+# what identifies a tick on the tape.
+IDENTITY_FIELDS = (Field("sip_timestamp", "sip_timestamp", "time", True),
+                   Field("sequence_number", "sequence_number", "int64", True),
+                   Field("participant_timestamp", "participant_timestamp", "int64", False),
+                   Field("trf_timestamp", "trf_timestamp", "int64", False))
 TRADE_KIND = TickKind(
     TRADES, US_STOCKS_TRADES,
     ("ticker", "conditions", "correction", "exchange", "id", "participant_timestamp", "price", "sequence_number",
      "sip_timestamp", "size", "tape", "trf_id", "trf_timestamp"),
-    (Field("sip_timestamp", "sip_timestamp", "time", True),
-     Field("sequence_number", "sequence_number", "int64", True),
-     Field("participant_timestamp", "participant_timestamp", "int64", False),
-     Field("trf_timestamp", "trf_timestamp", "int64", False),
+    (*IDENTITY_FIELDS,
      Field("exchange", "exchange", "int32", True),
      Field("id", "trade_id", "id", True),
      Field("price", "price", "price", True),
@@ -114,10 +117,7 @@ QUOTE_KIND = TickKind(
     QUOTES, US_STOCKS_QUOTES,
     ("ticker", "ask_exchange", "ask_price", "ask_size", "bid_exchange", "bid_price", "bid_size", "conditions",
      "indicators", "participant_timestamp", "sequence_number", "sip_timestamp", "tape", "trf_timestamp"),
-    (Field("sip_timestamp", "sip_timestamp", "time", True),
-     Field("sequence_number", "sequence_number", "int64", True),
-     Field("participant_timestamp", "participant_timestamp", "int64", False),
-     Field("trf_timestamp", "trf_timestamp", "int64", False),
+    (*IDENTITY_FIELDS,
      Field("bid_exchange", "bid_exchange", "int32", False),
      Field("bid_price", "bid_price", "quote_price", False),
      Field("bid_size", "bid_size", "size", False),
@@ -588,18 +588,11 @@ class DayTicks:
 
 
 @dataclass
-class TickLoadResult:
-    dataset: str
-    day: dt.date
-    rows: dict[str, int] = field(default_factory=dict)
-    quarantined: int = 0
-    duplicates: int = 0
-    published: int = 0
+class TickLoadResult(DayLoadResult):
+    dataset: str = field(default="", kw_only=True)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"dataset": self.dataset, "day": self.day.isoformat(), "rows": sum(self.rows.values()),
-                "symbols": len(self.rows), "quarantined": self.quarantined, "duplicates": self.duplicates,
-                "published": self.published}
+        return {"dataset": self.dataset, **super().as_dict()}
 
 
 def _postgres(engine_or_conn: Any) -> bool:
@@ -642,7 +635,7 @@ def _load_file(delivery: Delivery, files: FlatFileStore, kind: TickKind, day: dt
     """One transaction: the ticks, late repeats, quarantine, coverage and (db-first) outbox
     commit together or not at all, so a file that turns out to be truncated loads nothing."""
     start, end = tick_store.day_window(day)
-    result = TickLoadResult(kind.name, day)
+    result = TickLoadResult(day, dataset=kind.name)
     with files.open(day) as raw:
         reader = TickFileReader(raw, kind, day, symbols, files.location(day), progress,
                                 readable_text=readable_text)
