@@ -16,16 +16,14 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import io
-import multiprocessing
 import os
-import resource
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import PG_ADMIN_URL  # noqa: E402
+from _common import PG_ADMIN_URL, in_fresh_process, peak_rss_mb  # noqa: E402
 
 from chronox.testing.services import temporary_database  # noqa: E402
 
@@ -51,15 +49,6 @@ def generate(root: Path, count: int) -> tuple[int, list[str]]:
     rows = day_rows(DAY, names, liquidity)
     write_day_file(root, DAY, rows)
     return len(rows), names
-
-
-def peak_rss_mb() -> float:
-    """This process's own high-water mark (ru_maxrss would include the parent's at fork)."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def chronox_load(url: str, root: str, symbols: list[str], queue) -> None:  # type: ignore[no-untyped-def]
@@ -176,12 +165,7 @@ def main() -> None:
               f"(generated in {time.perf_counter() - started:.1f} s)")
         engine = get_engine(url)
         registry.add_symbols(engine, symbols, "flatpack")  # every ticker, as a full-market deployment has
-        ctx = multiprocessing.get_context("spawn")
-        queue = ctx.Queue()
-        child = ctx.Process(target=chronox_load, args=(url, str(root), symbols, queue))
-        child.start()
-        result = queue.get()
-        child.join()
+        result = in_fresh_process(chronox_load, url, str(root), symbols)
         assert result["rows"] == rows == result["reload_rows"], result
         base = plain_copy(url)
         assert base["minute_rows"] == rows

@@ -17,14 +17,13 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import io
-import multiprocessing
 import os
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import PG_ADMIN_URL  # noqa: E402
+from _common import PG_ADMIN_URL, in_fresh_process, peak_rss_mb  # noqa: E402
 
 from chronox.testing.services import temporary_database  # noqa: E402
 
@@ -73,14 +72,6 @@ def _joined(lines) -> bytes:  # type: ignore[no-untyped-def]
 
     return concatenated(pc.binary_join_element_wise(lines, pa.scalar(b"\n", pa.binary()),
                                                     pa.scalar(b"", pa.binary())))
-
-
-def peak_rss_mb() -> float:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def chronox_load(url: str, root: str, symbols: list[str], queue) -> None:  # type: ignore[no-untyped-def]
@@ -179,12 +170,7 @@ def main() -> None:
           f"tickers; ready in {time.perf_counter() - started:.1f} s)")
     with temporary_database("chronox_bench", PG_ADMIN_URL) as url:
         registry.add_symbols(get_engine(url), symbols, "trades")  # the wanted tickers, with the trades phase
-        ctx = multiprocessing.get_context("spawn")
-        queue = ctx.Queue()
-        child = ctx.Process(target=chronox_load, args=(url, str(root), symbols, queue))
-        child.start()
-        result = queue.get()
-        child.join()
+        result = in_fresh_process(chronox_load, url, str(root), symbols)
         read_s, batches = baseline_read(path, symbols)
         kept = sum(b.num_rows for b in batches)
         copied, copy_s = baseline_copy(url, batches)
