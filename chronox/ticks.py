@@ -589,7 +589,7 @@ class DayTicks:
 
 @dataclass
 class TickLoadResult(DayLoadResult):
-    dataset: str = field(default="", kw_only=True)
+    dataset: str = field(kw_only=True)
 
     def as_dict(self) -> dict[str, Any]:
         return {"dataset": self.dataset, **super().as_dict()}
