@@ -240,10 +240,9 @@ def shared_store(settings: Settings) -> _Store:
         store = _stores.get(key)
         if store is None:
             if settings.redis_url:
-                import redis
+                from chronox.redis_client import shared_client
 
-                store = RedisStore(redis.Redis.from_url(settings.redis_url, socket_timeout=5,
-                                                        socket_connect_timeout=5))
+                store = RedisStore(shared_client(settings.redis_url))
             else:
                 store = LocalStore()
             _stores[key] = store

@@ -28,13 +28,13 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import redis
 from numpy.lib.stride_tricks import sliding_window_view
 from sqlalchemy import Connection, Engine, func, select
 
 from chronox import sinks
 from chronox.calendar import calendar_for
 from chronox.db import get_engine
+from chronox.redis_client import shared_client
 from chronox.settings import Settings
 from chronox.sinks import frames, state
 from chronox.store import TIMEFRAME
@@ -97,7 +97,7 @@ def _client(settings: Settings) -> Any:
     # Any: redis-py types every reply as bytes-or-str-or-list; with decode_responses they are str.
     if not settings.redis_url:
         raise InvalidInput("the feature store needs CHRONOX_REDIS_URL")
-    return redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    return shared_client(settings.redis_url, decode_responses=True)
 
 
 def _hashes(rows: pa.Table, tf: str) -> Iterator[tuple[int, dict[str, str]]]:

@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 import redis
 
+from chronox.redis_client import shared_client
 from chronox.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -334,7 +335,7 @@ class RedisMirror:
 
     @classmethod
     def from_url(cls, url: str) -> RedisMirror:
-        return cls(redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5))
+        return cls(shared_client(url))
 
     def pipelined(self) -> RedisMirror:
         """The same keys, channels and TTL, queued until execute()."""

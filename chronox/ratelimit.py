@@ -256,10 +256,9 @@ def window_limiter(settings: Settings, limit: int, window: float, key: str, prov
         limiter = _limiters.get(cache_key)
         if limiter is None:
             if settings.redis_url:
-                import redis
+                from chronox.redis_client import shared_client
 
-                client = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
-                limiter = RedisRateLimiter(client, limit, window, key)
+                limiter = RedisRateLimiter(shared_client(settings.redis_url), limit, window, key)
             else:
                 # Once per budget and process, not per request: the budget is created once.
                 log.warning("the %s request budget holds per process only: CHRONOX_REDIS_URL is unset", provider)
