@@ -29,6 +29,7 @@ from chronox.sources.flatfiles import (
     DayFileRows,
     FlatFileError,
     FlatFileStore,
+    published_days,
 )
 from chronox.store import DayLoadResult
 from chronox.strategy import InvalidInput, parse_day, parse_strategy, validate_timeframe
@@ -183,13 +184,10 @@ def plan_run(settings: Settings, symbols: Sequence[str] | None = None,
     report: dict[str, tuple[list[dt.date], list[dt.date], dt.date | None]] = {}
     by_symbol = {p.symbol: p for p in plans}
     for dataset, per_symbol in sorted(wanted_days.items()):
-        all_days = sorted(set().union(*per_symbol.values()))
-        published = day_file_published(settings, dataset, stores.get(dataset))
-        available = [d for d in all_days if published(d)]
-        newest = max(available) if available else None
-        available_set = set(available)
-        report[dataset] = ([d for d in all_days if d not in available_set and newest and d < newest],
-                           [d for d in all_days if newest is None or d > newest], newest)
+        found = published_days(set().union(*per_symbol.values()),
+                               day_file_published(settings, dataset, stores.get(dataset)))
+        report[dataset] = (found.missing, found.unpublished, found.newest)
+        available_set = set(found.available)
         days: dict[str, list[str]] = defaultdict(list)
         for symbol, wanted in sorted(per_symbol.items()):
             for day in sorted(wanted & available_set):

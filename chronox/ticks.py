@@ -53,6 +53,7 @@ from chronox.sources.flatfiles import (
     FlatFileError,
     FlatFileStore,
     concatenated,
+    published_days,
 )
 from chronox.store import DayLoadResult, quarantine_rows
 from chronox.strategy import SYMBOL_PATTERN, parse_day, validate_symbol
@@ -712,14 +713,11 @@ def plan_day_files(settings: Settings, plans: Sequence[Planned]) -> tuple[dict[s
                 wanted_days -= {d for d, source in done.get(symbol, {}).items() if source == FLATPACK}
     for name, per_symbol in sorted(wanted.items()):
         kind = KINDS[name]
-        all_days = sorted(set().union(*per_symbol.values()))
-        exists = FlatFileStore(settings, kind.file_dataset).exists
-        available = {d for d in all_days if exists(d)}
-        newest = max(available) if available else None
-        missing += [f"{kind.file_dataset}:{d}" for d in all_days if d not in available and newest and d < newest]
-        unpublished += [f"{kind.file_dataset}:{d}" for d in all_days if newest is None or d > newest]
+        found = published_days(set().union(*per_symbol.values()), FlatFileStore(settings, kind.file_dataset).exists)
+        missing += [f"{kind.file_dataset}:{d}" for d in found.missing]
+        unpublished += [f"{kind.file_dataset}:{d}" for d in found.unpublished]
         days: dict[str, list[str]] = {}
-        for day in sorted(available):
+        for day in found.available:
             symbols = sorted(s for s, d in per_symbol.items() if day in d)
             if symbols:
                 days[day.isoformat()] = symbols

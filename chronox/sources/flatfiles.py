@@ -122,6 +122,26 @@ class FlatFileStore:
         return body  # botocore StreamingBody reads incrementally
 
 
+@dataclass
+class PublishedDays:
+    """Which of the days a run wants have their day file out."""
+
+    available: list[dt.date]  # published, in order
+    missing: list[dt.date]  # not published though a later day is: gone, the REST fill takes them
+    unpublished: list[dt.date]  # after the newest published day: not out yet
+    newest: dt.date | None
+
+
+def published_days(days: Collection[dt.date], published: Callable[[dt.date], bool]) -> PublishedDays:
+    """`days` split by whether their file is out (`published`, one look-up per day)."""
+    wanted = sorted(days)
+    available = [d for d in wanted if published(d)]
+    newest = available[-1] if available else None
+    out = set(available)
+    return PublishedDays(available, [d for d in wanted if d not in out and newest is not None and d < newest],
+                         [d for d in wanted if newest is None or d > newest], newest)
+
+
 class FlatRow(NamedTuple):
     symbol: str
     minute: int  # minutes since the start of the file's day (New York midnight for US stocks)
