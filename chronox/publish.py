@@ -70,6 +70,12 @@ PRODUCER_SETTINGS: dict[str, Any] = {
     # (chronox.metrics counts what was published) and cost half the sender's time once
     # messages spread over thousands of per-symbol topics.
     "metrics_enabled": False,
+    # The metadata answer for a producer's topics grows with them (about 170 bytes per
+    # per-symbol topic): past kafka-python's 1 MB default, ~6,000 topics, the first answer
+    # drops the connection, cancelling the produce requests in flight, and only the
+    # reconnected socket (which kafka-python opens without the limit) reads it. This is
+    # the limit that socket has, and librdkafka's default.
+    "receive_message_max_bytes": 100_000_000,
 }
 # Messages to topics still without metadata that a publisher holds before it waits for it.
 HOLD_LIMIT = 50_000

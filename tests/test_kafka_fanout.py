@@ -86,3 +86,23 @@ def test_key_partitioner_places_keys_where_kafka_pythons_default_does():
             for _ in range(2):  # the second time from the remembered hash
                 assert publish.key_partitioner(key, partitions, partitions) == default(key, partitions, partitions)
     assert publish.key_partitioner(None, [0, 1], [1]) == 1  # keyless: an available partition
+
+
+def test_a_metadata_answer_over_a_megabyte_keeps_the_connection(caplog):
+    from chronox.testing.services import MockKafka
+
+    # A cluster of its own: the mock looks topics up in a list, and 7,000 more would slow
+    # every later test's lookups. Its metadata answer for these topics is about 1.2 MB.
+    cluster = MockKafka()
+    symbols = [f"BIG{i:04d}" for i in range(7000)]
+    caplog.set_level("INFO", logger="kafka")
+    publisher = KafkaPublisher([cluster.bootstrap])
+    for s in symbols:
+        publisher.send_bar(s, "1m", "2024-01-02T14:30:00Z", 1.0, 2.0, 0.5, 1.5, 10.0, "api")
+    publisher.flush()
+    publisher.close()
+    dropped = [r.getMessage() for r in caplog.records if "Invalid frame length" in r.getMessage()]
+    assert dropped == []
+    for s in (symbols[0], symbols[3500], symbols[-1]):
+        got = cluster.json_messages(f"chronox.backfill.{s}", timeout_ms=1500)
+        assert [(e["symbol"], e["ohlcv"]["close"]) for e in got] == [(s, 1.5)]
