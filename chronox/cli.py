@@ -379,13 +379,24 @@ def gaps_command(symbol_args: tuple[str, ...], start: str | None, end: str | Non
     if not found:
         click.echo("no enabled symbol with a flatpack or api phase")
     lines = []  # one write: thousands of symbols print tens of thousands of lines
+    # A market's lines name the same few hundred days again and again, and formatting a
+    # date costs more than looking its text up.
+    day = _DayText()
     for g in found:
-        lines.append(f"{g.symbol}: {len(g.gaps) or 'no'} gap day(s) in {g.since}..{g.until}")
+        lines.append(f"{g.symbol}: {len(g.gaps) or 'no'} gap day(s) in {day[g.since]}..{day[g.until]}")
         for first, last in g.windows:
-            days = [d.isoformat() for d in g.gaps if first <= d <= last]
-            lines.append(f"    window {first}..{last}: {', '.join(days)}")
+            days = [day[d] for d in g.gaps if first <= d <= last]
+            lines.append(f"    window {day[first]}..{day[last]}: {', '.join(days)}")
     if lines:
         click.echo("\n".join(lines))
+
+
+class _DayText(dict[dt.date, str]):
+    """ISO text of dates, each formatted once."""
+
+    def __missing__(self, day: dt.date) -> str:
+        text = self[day] = day.isoformat()
+        return text
 
 
 @cli.command("snapshot")

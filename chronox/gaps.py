@@ -237,11 +237,13 @@ def _scan(settings: Settings, found: Sequence[SymbolGaps],
                 conn, [(g.symbol, g.since - lookback if g.symbol in flat_files else g.since, g.until) for g in group],
                 calendar_for(market))
             for g in group:
+                g.gaps = [d for d in missing.get(g.symbol, ()) if d >= g.since]  # in order
                 published = flat_files.get(g.symbol)
-                g.superseded = [d for d in rest_filled.get(g.symbol, []) if published and published(d)]
-                g.gaps = sorted({d for d in missing.get(g.symbol, []) if d >= g.since} | set(g.superseded))
-                if g.superseded:
-                    g.since = min(g.since, g.superseded[0])
+                if published and g.symbol in rest_filled:
+                    g.superseded = [d for d in rest_filled[g.symbol] if published(d)]
+                    if g.superseded:
+                        g.gaps = sorted(set(g.gaps) | set(g.superseded))
+                        g.since = min(g.since, g.superseded[0])
 
 
 def symbol_gaps(settings: Settings, symbol: str, start: str | dt.date, end: str | dt.date,
@@ -306,14 +308,18 @@ def _flat_files(settings: Settings, rows: Sequence[registry.RegistryRow]) -> dic
     """Symbol -> whether its day file of a day is published, for symbols with a flatpack
     phase; one look-up per dataset and day, however many symbols share the file."""
     per_dataset: dict[str, DayFilePublished] = {}
+    per_source: dict[tuple[str, str], DayFilePublished] = {}  # (market, provider): a market's rows share one
     out: dict[str, DayFilePublished] = {}
     for row in rows:
         if "flatpack" in row.phases:
-            dataset = day_file_dataset(row.instrument)
-            if dataset not in per_dataset:
-                per_dataset[dataset] = functools.lru_cache(maxsize=None)(_checked(day_file_published(settings,
-                                                                                                     dataset)))
-            out[row.symbol] = per_dataset[dataset]
+            source = (row.market, row.provider)
+            if source not in per_source:
+                dataset = day_file_dataset(row.instrument)
+                if dataset not in per_dataset:
+                    per_dataset[dataset] = functools.lru_cache(maxsize=None)(
+                        _checked(day_file_published(settings, dataset)))
+                per_source[source] = per_dataset[dataset]
+            out[row.symbol] = per_source[source]
     return out
 
 

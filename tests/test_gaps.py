@@ -71,6 +71,14 @@ def test_gaps_are_exactly_the_missing_trading_days(rest_db, flatfiles):
     assert json.loads(result.output) == [{"symbol": "GAPS", "since": "2024-11-25", "until": "2024-11-29",
                                           "gaps": ["2024-11-26", "2024-11-29"],
                                           "windows": [["2024-11-26", "2024-11-26"], ["2024-11-29", "2024-11-29"]]}]
+    result = CliRunner().invoke(cli, ["gaps", "GAPS", "--start", "2024-11-22", "--end", "2024-12-03"])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines() == ["GAPS: 3 gap day(s) in 2024-11-22..2024-12-03",
+                                          "    window 2024-11-26..2024-11-26: 2024-11-26",
+                                          "    window 2024-11-29..2024-11-29: 2024-11-29",
+                                          "    window 2024-12-03..2024-12-03: 2024-12-03"]
+    result = CliRunner().invoke(cli, ["gaps", "GAPS", "--start", "2024-11-22", "--end", "2024-11-25"])
+    assert result.output.splitlines() == ["GAPS: no gap day(s) in 2024-11-22..2024-11-25"]
 
 
 def table(url: str, symbol: str) -> list[tuple]:
