@@ -13,7 +13,7 @@ from typing import Any
 import click
 from sqlalchemy import Engine
 
-from chronox import registry
+from chronox import registry, tick_store
 from chronox.cli_common import _engine, _require, _settings, _user_errors
 from chronox.cli_data import dataset_group, features_group, lake_group
 from chronox.cli_prices import prices
@@ -362,22 +362,26 @@ def _print_rest_extras(engine: Engine) -> None:
 @click.option("--start", help="First day, YYYY-MM-DD (default: day after last_backfill).")
 @click.option("--end", help="Last day, YYYY-MM-DD (default: today; only complete sessions count).")
 @click.option("--market", help="Only symbols of this market (stocks, crypto).")
+@click.option("--dataset", type=click.Choice(["bars", *tick_store.KINDS]), default="bars", show_default=True,
+              help="Whose coverage: the bars (flatpack, api), or the trades or quotes phase's ticks.")
 @click.option("--json", "as_json", is_flag=True)
 @_user_errors
 def gaps_command(symbol_args: tuple[str, ...], start: str | None, end: str | None, market: str | None,
-                 as_json: bool) -> None:
+                 dataset: str, as_json: bool) -> None:
     """List trading days without coverage, on each symbol's market calendar (NYSE for stocks,
-    every UTC day for crypto); default: every enabled symbol that backfills."""
-    from chronox.gaps import find_gaps
+    every UTC day for crypto); default: every enabled symbol that backfills (with --dataset
+    trades or quotes: that has the phase)."""
+    from chronox.gaps import BARS, find_gaps
 
     settings = _settings()
     _engine(settings)
-    found = find_gaps(settings, list(symbol_args) or None, start, end, market=market)
+    found = find_gaps(settings, list(symbol_args) or None, start, end, market=market, dataset=dataset)
     if as_json:
         click.echo(json.dumps([g.as_dict() for g in found], indent=2))
         return
     if not found:
-        click.echo("no enabled symbol with a flatpack or api phase")
+        click.echo("no enabled symbol with a flatpack or api phase" if dataset == BARS
+                   else f"no enabled symbol with a {dataset} phase")
     lines = []  # one write: thousands of symbols print tens of thousands of lines
     # A market's lines name the same few hundred days again and again, and formatting a
     # date costs more than looking its text up.

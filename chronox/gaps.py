@@ -29,7 +29,7 @@ from typing import Any
 
 from sqlalchemy import Connection, select
 
-from chronox import metrics, registry
+from chronox import metrics, registry, tick_store, ticks
 from chronox.backfill import day_file_dataset, day_file_published, plan_run
 from chronox.bars import UTC
 from chronox.calendar import NYSE, STOCKS, MarketCalendar, calendar_for, market_day
@@ -42,7 +42,7 @@ from chronox.rollups import refresh_days
 from chronox.settings import Settings
 from chronox.sources.base import NotInPlan
 from chronox.store import COVERAGE_DAYS, cover_days, lock_day, quarantine_rows, upsert_bars_at
-from chronox.strategy import parse_day, validate_timeframe
+from chronox.strategy import InvalidInput, parse_day, validate_timeframe
 
 log = logging.getLogger(__name__)
 
@@ -273,34 +273,53 @@ def _collector_paused() -> Iterator[None]:
             gc.enable()
 
 
+BARS = "bars"  # the dataset of `coverage`; trades and quotes are chronox.ticks'
+DATASETS = (BARS, *tick_store.KINDS)
+
+
 def find_gaps(settings: Settings, symbols: Sequence[str] | None = None, start: str | None = None,
               end: str | None = None, now: dt.datetime | None = None,
-              market: str | None = None) -> list[SymbolGaps]:
+              market: str | None = None, dataset: str = BARS) -> list[SymbolGaps]:
     """Gaps of the named symbols, or of every enabled symbol that backfills (flatpack or api),
     each on its market's calendar; `market` keeps one market's symbols. A flatpack symbol's
-    days the api phase filled are gaps once their day file is published (see _scan)."""
+    days the api phase filled are gaps once their day file is published (see _scan).
+
+    With `dataset` trades or quotes: the days without that tick dataset's coverage, of the
+    named symbols or of every enabled symbol with that phase, in the same windows."""
+    if dataset not in DATASETS:
+        raise InvalidInput(f"unknown dataset {dataset!r}; one of {', '.join(DATASETS)}")
     with _collector_paused():
-        return _find_gaps(settings, symbols, start, end, now, market)
+        return _find_gaps(settings, symbols, start, end, now, market, dataset)
 
 
 def _find_gaps(settings: Settings, symbols: Sequence[str] | None, start: str | None, end: str | None,
-               now: dt.datetime | None, market: str | None) -> list[SymbolGaps]:
+               now: dt.datetime | None, market: str | None, dataset: str) -> list[SymbolGaps]:
     engine = get_engine(settings.database_url)
+    wanted = {"flatpack", "api"} if dataset == BARS else {dataset}
     if symbols:
         rows = registry.list_symbols(engine, symbols=sorted({lookup_symbol(s) for s in symbols}), market=market)
     else:
-        rows = [r for r in registry.list_symbols(engine, enabled_only=True, market=market)
-                if {"flatpack", "api"} & set(r.phases)]
+        rows = [r for r in registry.list_symbols(engine, enabled_only=True, market=market) if wanted & set(r.phases)]
         symbols = [r.symbol for r in rows]
         if not symbols:
             return []
+    if dataset != BARS:
+        refused = [r.symbol for r in rows if not ticks.serves_ticks(r.instrument)]
+        if refused:
+            raise InvalidInput(f"no {dataset} are kept for {', '.join(refused)} (US stocks from Polygon only)")
     today = market_day(market or STOCKS, now or dt.datetime.now(UTC))
     # The api strategy has no flatpack phase, so planning looks up no flat files.
     plan = plan_run(settings, symbols=symbols, start=start, end=end, strategy="api", today=today, market=market,
                     registry_rows=rows)
     newest = {m: last_complete_day(now, m) for m in {p.market for p in plan.symbols}}
     found = [_bounded(p.symbol, p.start, p.end, newest[p.market], p.market) for p in plan.symbols]
-    _scan(settings, found, _flat_files(settings, rows))
+    if dataset == BARS:
+        _scan(settings, found, _flat_files(settings, rows))
+    else:
+        with engine.connect() as conn:
+            missing = ticks.missing_tick_days(conn, dataset, [(g.symbol, g.since, g.until) for g in found])
+        for g in found:
+            g.gaps = missing.get(g.symbol, [])
     return found
 
 

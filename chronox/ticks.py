@@ -34,6 +34,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
+from sqlalchemy import Connection
 
 from chronox import metrics, tick_store
 from chronox.bars import RAW_LIMIT, QuarantinedRow, raw_line, ts_from_ms, ts_from_ns
@@ -757,18 +758,30 @@ def _tick_source(settings: Settings, instrument: Instrument, dataset: str) -> Ti
     return source
 
 
+def missing_tick_days(conn: Connection, dataset: str,
+                      windows: Sequence[tuple[str, dt.date, dt.date]]) -> dict[str, list[dt.date]]:
+    """For each (symbol, first, last): the NYSE trading days without coverage of `dataset`,
+    with one query for all of them."""
+    windows = [w for w in windows if w[1] <= w[2]]
+    if not windows:
+        return {}
+    first, last = min(w[1] for w in windows), max(w[2] for w in windows)
+    done = tick_store.covered(conn, tick_kind(dataset).name, sorted({w[0] for w in windows}), first, last)
+    days = NYSE.trading_days(first, last)
+    return {symbol: [d for d in days if since <= d <= until and d not in done.get(symbol, ())]
+            for symbol, since, until in windows}
+
+
 def tick_gaps(settings: Settings, symbol: str, dataset: str, start: str | dt.date, end: str | dt.date,
               now: dt.datetime | None = None) -> list[dt.date]:
     """Trading days from start to end (up to the newest whose extended session is over)
     without coverage of `dataset` for the symbol."""
     first, last = parse_day(start), parse_day(end)
     newest = NYSE.last_complete_day(now or dt.datetime.now(dt.UTC))
-    if newest is None or first > min(last, newest):
+    if newest is None:
         return []
-    last = min(last, newest)
     with get_engine(settings.database_url).connect() as conn:
-        done = tick_store.covered(conn, tick_kind(dataset).name, [symbol], first, last).get(symbol, {})
-    return [d for d in NYSE.trading_days(first, last) if d not in done]
+        return missing_tick_days(conn, dataset, [(symbol, first, min(last, newest))]).get(symbol, [])
 
 
 def plan_fill(settings: Settings, instrument: Instrument | str, dataset: str, start: str, end: str,

@@ -455,6 +455,46 @@ def test_a_run_plans_one_load_per_tick_day_file_and_leaves_loaded_days_out(sqlit
     assert chains == ["chronox.ticks.trades_gaps", "chronox.ticks.quotes_gaps", "chronox.phase.finalize"]
 
 
+def test_gaps_lists_each_tick_datasets_missing_days(db_url):
+    import json
+
+    from click.testing import CliRunner
+
+    from chronox.cli import cli
+
+    engine = get_engine(db_url)
+    registry.add_symbol(engine, "TGA", "trades")
+    registry.add_symbol(engine, "TGB", "flatpack+trades+quotes")
+    registry.add_symbol(engine, "TGC", "flatpack")
+    days = [dt.date(2024, 1, 2), DAY, dt.date(2024, 1, 4), dt.date(2024, 1, 5)]
+    with engine.begin() as conn:
+        tick_store.cover(conn, "trades", days[0], {"TGA": 5, "TGB": 0}, "flatpack")  # no trades is covered too
+        tick_store.cover(conn, "trades", days[2], {"TGA": 3}, "api")
+        tick_store.cover(conn, "quotes", days[1], {"TGB": 9}, "flatpack")
+
+    def gaps(*args: str) -> dict[str, list[str]]:
+        result = CliRunner().invoke(cli, ["gaps", "--start", "2024-01-02", "--end", "2024-01-05", "--json", *args])
+        assert result.exit_code == 0, result.output
+        return {g["symbol"]: g["gaps"] for g in json.loads(result.output)}
+
+    assert gaps("--dataset", "trades") == {"TGA": ["2024-01-03", "2024-01-05"],
+                                           "TGB": ["2024-01-03", "2024-01-04", "2024-01-05"]}
+    assert gaps("--dataset", "quotes") == {"TGB": ["2024-01-02", "2024-01-04", "2024-01-05"]}
+    assert gaps("--dataset", "quotes", "TGA") == {"TGA": [d.isoformat() for d in days]}  # named: listed anyway
+    # The bars' gaps do not see the ticks' coverage.
+    assert gaps() == {"TGB": [d.isoformat() for d in days], "TGC": [d.isoformat() for d in days]}
+    result = CliRunner().invoke(cli, ["gaps", "--dataset", "trades", "--start", "2024-01-02", "--end", "2024-01-05"])
+    assert result.output.splitlines()[:2] == ["TGA: 2 gap day(s) in 2024-01-02..2024-01-05",
+                                              "    window 2024-01-03..2024-01-03: 2024-01-03"]
+    registry.add_symbol(engine, "BTC-USD", "flatpack", market="crypto")
+    refused = CliRunner().invoke(cli, ["gaps", "--dataset", "trades", "BTC-USD", "--end", "2024-01-05"])
+    assert refused.exit_code != 0
+    assert "no trades are kept for BTC-USD (US stocks from Polygon only)" in refused.output
+    assert "Traceback" not in refused.output
+    unknown = CliRunner().invoke(cli, ["gaps", "--dataset", "ticks"])
+    assert unknown.exit_code == 2 and "'ticks' is not one of 'bars', 'trades', 'quotes'" in unknown.output
+
+
 def test_without_a_provider_the_tick_rest_steps_are_left_out(sqlite_url, flatfiles):
     registry.add_symbol(get_engine(sqlite_url), "TA", "trades")
     from chronox.runner import inline_steps
