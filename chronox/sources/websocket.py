@@ -19,6 +19,7 @@ import re
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
+import orjson
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
@@ -53,10 +54,17 @@ CRYPTO_PAIR = re.compile(r"^[A-Z0-9]{1,12}-[A-Z0-9]{1,12}$")
 def split_frame(text: str | bytes) -> tuple[list[Any], list[dict[str, Any]]]:
     """(data events, status messages) of one frame; raises ValueError for a non-array frame."""
     try:
-        items = json.loads(text)
-    except RecursionError:
-        # A frame of deeply nested arrays must be one bad frame, not the end of the reader.
-        raise ValueError("frame is nested too deeply") from None
+        # orjson: decoding the frames was a quarter of the stream process's time.
+        items = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        # What orjson refuses but the standard library reads (NaN, a number past a double, a
+        # lone surrogate) stays one bad event of the frame, and what neither reads one
+        # unreadable frame with the standard library's reason, as before.
+        try:
+            items = json.loads(text)
+        except RecursionError:
+            # A frame of deeply nested arrays must be one bad frame, not the end of the reader.
+            raise ValueError("frame is nested too deeply") from None
     if not isinstance(items, list):
         raise ValueError("frame is not a JSON array")
     events: list[Any] = []
