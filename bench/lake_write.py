@@ -87,13 +87,14 @@ def baseline_write(url: str, root: str, symbols: list[str]) -> tuple[float, floa
     import pyarrow as pa
     import pyarrow.dataset as ds
 
+    from chronox.calendar import calendar_for
     from chronox.db import get_engine
     from chronox.sinks import frames
     from chronox.sinks.lake import COMPRESSION
 
     started = time.perf_counter()
     with get_engine(url).connect() as conn:
-        table = frames.read_bars(conn, symbols, *frames.day_window("stocks", DAY))
+        table = frames.read_bars(conn, symbols, *calendar_for("stocks").day_bounds(DAY))  # as the sink reads a day
     read = time.perf_counter() - started
     n = table.num_rows
     table = (table.append_column("market", pa.array(["stocks"] * n)).append_column("tf", pa.array(["1m"] * n))

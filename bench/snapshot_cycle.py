@@ -3,8 +3,8 @@ versus the bare polygon-api-client fetching the same snapshots.
 
 5,000 symbols registered with strategy `snapshot` in a fresh PostgreSQL database; the
 Polygon REST stand-in (chronox/testing/polygon_rest.py) serves their snapshots on 127.0.0.1
-from this process; Redis db 11 (flushed) takes the price cache and the pub/sub mirror,
-db 12 is the Celery broker; Kafka is librdkafka's mock broker.
+from this process; Redis db 2 (flushed) takes the price cache and the pub/sub mirror,
+db 3 is the Celery broker (the test suite claims databases 8-15); Kafka is librdkafka's mock broker.
 
 A cycle is `chronox.snapshot.refresh`: list the snapshot symbols, one task per 250 tickers,
 each making one all-tickers request, publishing one snapshot event per symbol to Kafka,
@@ -30,8 +30,8 @@ from _common import PG_ADMIN_URL  # noqa: E402
 from chronox.testing.services import MockKafka, temporary_database  # noqa: E402
 
 KEY = "bench-key"
-REDIS_URL = os.environ.get("CHRONOX_BENCH_REDIS_URL", "redis://127.0.0.1:6379/11")
-BROKER_URL = os.environ.get("CHRONOX_BENCH_BROKER_URL", "redis://127.0.0.1:6379/12")
+REDIS_URL = os.environ.get("CHRONOX_BENCH_REDIS_URL", "redis://127.0.0.1:6379/2")
+BROKER_URL = os.environ.get("CHRONOX_BENCH_BROKER_URL", "redis://127.0.0.1:6379/3")
 
 
 def symbols_of(count: int) -> list[str]:
