@@ -119,8 +119,8 @@ def plan_run(settings: Settings, symbols: Sequence[str] | None = None,
     phase is not part of the run. timeframe keeps the symbols registered at it. range_
     (a preset such as 1Y, chronox.ranges) stands for the start day it implies. market
     keeps the symbols of a market; with provider and provider_symbol it also says what
-    unregistered (ad-hoc) symbols are. registry_rows: the registry rows of `symbols`, when the
-    caller has read them already.
+    unregistered (ad-hoc) symbols are. registry_rows: the registry rows of `symbols` (without
+    `symbols`: the enabled rows to plan), when the caller has read them already.
     """
     engine = get_engine(settings.database_url)
     if range_ is not None:
@@ -148,7 +148,8 @@ def plan_run(settings: Settings, symbols: Sequence[str] | None = None,
             for item in adhoc:
                 check_phases(tuple(override), item.market, item.provider, timeframe or "1m")
     else:
-        rows = registry.list_symbols(engine, enabled_only=True, market=market)
+        rows = (list(registry_rows) if registry_rows is not None
+                else registry.list_symbols(engine, enabled_only=True, market=market))
     # (instrument, phases, timeframe, last_backfill, registered); ad-hoc symbols have only the run's settings.
     candidates = sorted([(r.instrument, r.phases, r.timeframe, r.last_backfill, True) for r in rows]
                         + [(i, (), timeframe or "1m", None, False) for i in adhoc], key=lambda c: c[0].symbol)

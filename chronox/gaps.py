@@ -16,17 +16,21 @@ published: the run that fills it loads the file over the REST bars.
 """
 from __future__ import annotations
 
-import bisect
 import contextlib
 import datetime as dt
 import functools
 import gc
+import io
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
 from sqlalchemy import Connection, select
 
 from chronox import metrics, registry, tick_store, ticks
@@ -48,7 +52,6 @@ log = logging.getLogger(__name__)
 
 WINDOW_DAYS = 7
 WORD = 64  # days per coverage_days word: what one bigint holds
-_MASK64 = (1 << WORD) - 1
 FEW_SYMBOLS = 1000  # up to this many, the coverage query names the symbols
 # How far before a window a flatpack symbol's REST-filled days are looked for: Polygon
 # publishes a day file the next morning, so days filled without one are the newest.
@@ -71,81 +74,109 @@ REST_SOURCE = "api"  # coverage written by the api phase: final only where no fl
 COVERAGE_EPOCH = dt.date(1970, 1, 1)  # where word 0 of coverage_days starts (migration 0012)
 
 
-def covered_words(conn: Connection, symbols: Sequence[str], first: dt.date,
-                  last: dt.date) -> tuple[dict[str, int], dict[str, int]]:
-    """Coverage of `symbols` from `first` to `last` as integers per symbol: bit i is set
-    when day first + i has a coverage row of any source (the first map), of the api phase
-    and no other (the second). Symbols without any are absent.
+def covered_words(conn: Connection, symbols: Sequence[str], low: int,
+                  high: int) -> tuple[np.ndarray, np.ndarray]:
+    """coverage_days words `low` to `high` of `symbols`, as two (symbols x words) arrays in
+    the order of `symbols`: bit i of word w is set when the day 64 w + i since
+    COVERAGE_EPOCH has a coverage row of any source (the first), of another source than
+    the api phase (the second). A word without a row is 0.
 
-    Read from coverage_days, which triggers on `coverage` keep as 64-day words per symbol:
-    a year is six numbers per symbol instead of 250 rows.
+    Triggers on `coverage` keep these words (migration 0012): a year is six numbers per
+    symbol instead of 250 rows.
     """
+    shape = (len(symbols), high - low + 1)
+    days, final = np.zeros(shape, dtype="<u8"), np.zeros(shape, dtype="<u8")
     if not symbols:
-        return {}, {}
-    low, high = ((d - COVERAGE_EPOCH).days >> 6 for d in (first, last))
+        return days, final
+    words = _word_rows(conn, symbols, low, high)
+    if not words.num_rows:
+        return days, final
+    row = pc.index_in(words["symbol"], value_set=pa.array(symbols)).fill_null(-1).to_numpy()
+    wanted = row >= 0
+    at = (row[wanted], words["word"].to_numpy()[wanted] - low)
+    # Stored as signed bigints: the same 64 bits.
+    days[at] = words["days"].to_numpy().view("<u8")[wanted]
+    final[at] = words["final_days"].to_numpy().view("<u8")[wanted]
+    return days, final
+
+
+_WORD_COLUMNS = {"symbol": pa.string(), "word": pa.int64(), "days": pa.int64(), "final_days": pa.int64()}
+
+
+def _word_rows(conn: Connection, symbols: Sequence[str], low: int, high: int) -> pa.Table:
+    """The coverage_days rows of words `low` to `high`: of `symbols` when they are a few (the
+    primary key's index finds them), else every symbol's (a market's worth reads every word
+    of the range anyway, and testing each against the list costs more than dropping the
+    other symbols' words after)."""
+    if len(symbols) > FEW_SYMBOLS and conn.dialect.name == "postgresql":
+        # Tens of thousands of rows: as COPY text parsed by Arrow, not one Python tuple per
+        # row (reading them through the driver was most of the scan's database time).
+        buffer = io.BytesIO()
+        with conn.connection.dbapi_connection.cursor() as cursor:  # type: ignore[union-attr]
+            cursor.copy_expert(f"COPY (SELECT symbol, word, days, final_days FROM {COVERAGE_DAYS.name} "
+                               f"WHERE word BETWEEN {int(low)} AND {int(high)}) TO STDOUT", buffer)
+        buffer.seek(0)
+        return pa_csv.read_csv(buffer, read_options=pa_csv.ReadOptions(column_names=list(_WORD_COLUMNS)),
+                               parse_options=pa_csv.ParseOptions(delimiter="\t", quote_char=False),
+                               convert_options=pa_csv.ConvertOptions(column_types=_WORD_COLUMNS))
     query = select(COVERAGE_DAYS.c.symbol, COVERAGE_DAYS.c.word, COVERAGE_DAYS.c.days,
                    COVERAGE_DAYS.c.final_days).where(COVERAGE_DAYS.c.word.between(low, high))
-    # A few symbols: the primary key's index finds their words. Many (a market's worth):
-    # every word of the range is read anyway, and testing each against the list costs more
-    # than dropping the other symbols' words here.
-    few = len(symbols) <= FEW_SYMBOLS
-    if few:
+    if len(symbols) <= FEW_SYMBOLS:
         query = query.where(COVERAGE_DAYS.c.symbol.in_(list(symbols)))
-    words: dict[str, int] = {}
-    final: dict[str, int] = {}
-    wanted = set(symbols)
-    # The driver's tuples: a market's words are tens of thousands of rows, and result Row
-    # objects would cost more than everything done with them here.
-    for symbol, word, days, final_days in conn.execute(query).cursor.fetchall():
-        if few or symbol in wanted:
-            shift = WORD * (word - low)
-            words[symbol] = words.get(symbol, 0) | (days & _MASK64) << shift
-            final[symbol] = final.get(symbol, 0) | (final_days & _MASK64) << shift
-    # From bits of days since the first word's start to bits of days since `first`.
-    skip, span = (first - COVERAGE_EPOCH).days - WORD * low, (last - first).days + 1
-    window = (1 << span) - 1
-    covered, rest = {}, {}
-    for symbol, bits in words.items():
-        if bits := bits >> skip & window:
-            covered[symbol] = bits
-            if rest_only := bits & ~(final[symbol] >> skip):
-                rest[symbol] = rest_only
-    return covered, rest
+    rows = conn.execute(query).all()
+    columns = zip(*rows, strict=True) if rows else ([] for _ in _WORD_COLUMNS)
+    return pa.table({name: pa.array(values, kind) for (name, kind), values in zip(_WORD_COLUMNS.items(), columns,
+                                                                                  strict=True)})
 
 
-def _days(bits: int, dates: Sequence[dt.date]) -> list[dt.date]:
-    """The dates whose bits are set: bit i stands for dates[i]."""
-    out = []
-    while bits:
-        low = bits & -bits
-        out.append(dates[low.bit_length() - 1])
-        bits ^= low
-    return out
+def _bits(words: np.ndarray) -> np.ndarray:
+    """(rows x words) 64-bit words as (rows x 64 words) booleans, bit 0 of the first word first."""
+    return np.unpackbits(words.view(np.uint8), axis=1, bitorder="little").view(bool)
+
+
+def _dates_by_row(bits: np.ndarray, dates: Sequence[dt.date]) -> list[list[dt.date]]:
+    """The dates of each row's set bits, in order; column j stands for dates[j]."""
+    rows, columns = np.nonzero(bits)
+    found = [dates[j] for j in columns.tolist()]
+    bounds = np.searchsorted(rows, np.arange(bits.shape[0] + 1)).tolist()
+    return [found[bounds[i]:bounds[i + 1]] for i in range(bits.shape[0])]
 
 
 def scan_days(conn: Connection, windows: Sequence[tuple[str, dt.date, dt.date]],
               calendar: MarketCalendar = NYSE) -> tuple[dict[str, list[dt.date]], dict[str, list[dt.date]]]:
     """For each (symbol, first, last) on one market's calendar, with one query for all of
-    them: the missing trading days (no coverage row), and the days the api phase filled."""
+    them: the missing trading days (no coverage row), and the days the api phase filled.
+
+    Array work over every window at once: a market's scan is ten thousand windows, and
+    per-symbol Python over their coverage words was most of its time."""
     windows = [w for w in windows if w[1] <= w[2]]
     if not windows:
         return {}, {}
     first, last = min(w[1] for w in windows), max(w[2] for w in windows)
-    days = calendar.trading_days(first, last)
-    offsets = [(d - first).days for d in days]
-    covered, rest = covered_words(conn, sorted({w[0] for w in windows}), first, last)
-    dates = [first + dt.timedelta(days=i) for i in range((last - first).days + 1)]
-    expected: dict[tuple[dt.date, dt.date], int] = {}  # the trading days of a window, as bits
-    missing: dict[str, list[dt.date]] = {}
-    rest_filled: dict[str, list[dt.date]] = {}
-    for symbol, since, until in windows:
-        want = expected.get((since, until))
-        if want is None:
-            lo, hi = bisect.bisect_left(days, since), bisect.bisect_right(days, until)
-            want = expected[since, until] = sum(1 << o for o in offsets[lo:hi])
-        missing[symbol] = _days(want & ~covered.get(symbol, 0), dates)
-        if rest.get(symbol):
-            rest_filled[symbol] = _days(want & rest[symbol], dates)
+    low, high = ((d - COVERAGE_EPOCH).days >> 6 for d in (first, last))
+    base = COVERAGE_EPOCH + dt.timedelta(days=WORD * low)  # the day of column 0
+    span = WORD * (high - low + 1)
+    dates = [base + dt.timedelta(days=i) for i in range(span)]
+    column = np.arange(span)
+    trading = np.zeros(span, dtype=bool)
+    trading[[(d - base).days for d in calendar.trading_days(first, last)]] = True
+    symbols = sorted({w[0] for w in windows})
+    covered, final = covered_words(conn, symbols, low, high)
+    wanted: dict[tuple[dt.date, dt.date], int] = {}  # a window's row in `expected`
+    expected_rows: list[np.ndarray] = []
+    for _, since, until in windows:
+        if (since, until) not in wanted:
+            wanted[since, until] = len(expected_rows)
+            expected_rows.append(trading & (column >= (since - base).days) & (column <= (until - base).days))
+    expected = np.packbits(np.array(expected_rows), axis=1, bitorder="little").view("<u8")
+    which = np.fromiter((wanted[since, until] for _, since, until in windows), dtype=np.int64, count=len(windows))
+    index = {s: i for i, s in enumerate(symbols)}
+    where = np.fromiter((index[w[0]] for w in windows), dtype=np.int64, count=len(windows))
+    want, got, others = expected[which], covered[where], final[where]
+    missing = dict(zip((w[0] for w in windows), _dates_by_row(_bits(want & ~got), dates), strict=True))
+    rest = want & got & ~others
+    filled = np.flatnonzero(rest.any(axis=1))
+    rest_filled = dict(zip((windows[i][0] for i in filled), _dates_by_row(_bits(rest[filled]), dates), strict=True))
     return missing, rest_filled
 
 
@@ -300,8 +331,7 @@ def _find_gaps(settings: Settings, symbols: Sequence[str] | None, start: str | N
         rows = registry.list_symbols(engine, symbols=sorted({lookup_symbol(s) for s in symbols}), market=market)
     else:
         rows = [r for r in registry.list_symbols(engine, enabled_only=True, market=market) if wanted & set(r.phases)]
-        symbols = [r.symbol for r in rows]
-        if not symbols:
+        if not rows:
             return []
     if dataset != BARS:
         refused = [r.symbol for r in rows if not ticks.serves_ticks(r.instrument)]

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, NamedTuple, TypeVar
 
-from sqlalchemy import Connection, Engine, and_, case, select, update
+from sqlalchemy import Connection, Engine, Select, and_, case, select, update
 from sqlalchemy.exc import IntegrityError
 
 from chronox.bars import UTC, isoformat_utc
@@ -121,11 +121,12 @@ class RegistryRow(NamedTuple):
 
     @classmethod
     def from_db(cls, row: Any) -> RegistryRow:
-        m = row._mapping
-        return cls(m["symbol"], m["strategy"], m["timeframe"], bool(m["enabled"]), m["last_backfill"],
-                   _utc(m["last_snapshot"]), _utc(m["last_stream"]), _status(m["status"]), m["error_message"],
-                   _note_kind(m["note_kind"]) if m["note_kind"] else None, _utc(m["created_at"]),
-                   _utc(m["updated_at"]), _market(m["market"]), _provider(m["provider"]), m["provider_symbol"])
+        """A row of `_select()`: its columns in this tuple's order."""
+        (symbol, strategy, timeframe, enabled, last_backfill, last_snapshot, last_stream, status, error_message,
+         note_kind, created_at, updated_at, market, provider, provider_symbol) = row
+        return cls(symbol, strategy, timeframe, bool(enabled), last_backfill, _utc(last_snapshot), _utc(last_stream),
+                   _status(status), error_message, _note_kind(note_kind) if note_kind else None, _utc(created_at),
+                   _utc(updated_at), _market(market), _provider(provider), provider_symbol)
 
     @property
     def phases(self) -> tuple[str, ...]:
@@ -163,6 +164,11 @@ class RegistryRow(NamedTuple):
                 value = value.isoformat()
             out[name] = value
         return out
+
+
+def _select() -> Select[Any]:
+    """The registry's columns in RegistryRow's order (from_db unpacks them by position)."""
+    return select(*(REGISTRY.c[name] for name in RegistryRow._fields))
 
 
 @contextlib.contextmanager
@@ -230,7 +236,7 @@ def add_symbols(bind: Bind, symbols: Sequence[str], strategy: str, timeframe: st
 def get_symbol(bind: Bind, symbol: str) -> RegistryRow:
     symbol = lookup_symbol(symbol)
     with _begin(bind) as conn:
-        row = conn.execute(select(REGISTRY).where(REGISTRY.c.symbol == symbol)).first()
+        row = conn.execute(_select().where(REGISTRY.c.symbol == symbol)).first()
     if row is None:
         raise UnknownSymbol(f"symbol {symbol} is not registered")
     return RegistryRow.from_db(row)
@@ -239,7 +245,7 @@ def get_symbol(bind: Bind, symbol: str) -> RegistryRow:
 def list_symbols(bind: Bind, enabled_only: bool = False, symbols: Sequence[str] | None = None,
                  phase: str | None = None, market: str | None = None) -> list[RegistryRow]:
     """Rows by symbol; `phase` keeps those whose strategy has it, `market` those of a market."""
-    query = select(REGISTRY).order_by(REGISTRY.c.symbol)
+    query = _select().order_by(REGISTRY.c.symbol)
     if enabled_only:
         query = query.where(REGISTRY.c.enabled.is_(True))
     if market is not None:
