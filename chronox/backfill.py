@@ -32,7 +32,7 @@ from chronox.sources.flatfiles import (
     published_days,
 )
 from chronox.store import DayLoadResult
-from chronox.strategy import InvalidInput, parse_day, parse_strategy, validate_timeframe
+from chronox.strategy import DayText, InvalidInput, parse_day, parse_strategy, validate_timeframe
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +157,7 @@ def plan_run(settings: Settings, symbols: Sequence[str] | None = None,
     end_day = end_day or today
     stores: dict[str, Any] = {US_STOCKS: store or FlatFileStore(settings)}
     plans: list[SymbolPlan] = []
+    day_text = DayText()
     wanted_days: dict[str, dict[str, set[dt.date]]] = defaultdict(dict)  # dataset -> symbol -> days
     for instrument, registered_phases, symbol_timeframe, last_backfill, registered in candidates:
         symbol = instrument.symbol
@@ -175,7 +176,7 @@ def plan_run(settings: Settings, symbols: Sequence[str] | None = None,
                 # Planning it would "complete" a run that did nothing.
                 raise InvalidInput(f"end {end_day} is before {symbol}'s default start {first} "
                                    "(CHRONOX_BACKFILL_START or 30 days back); pass --start as well")
-        plans.append(SymbolPlan(symbol, phases, first.isoformat(), end_day.isoformat(), registered=registered,
+        plans.append(SymbolPlan(symbol, phases, day_text[first], day_text[end_day], registered=registered,
                                 timeframe=symbol_timeframe, market=instrument.market.value,
                                 provider=instrument.provider.value, provider_symbol=instrument.provider_symbol))
         if "flatpack" in phases and first <= end_day:

@@ -24,7 +24,7 @@ from chronox.settings import (
     Settings,
     hide_password,
 )
-from chronox.strategy import InvalidInput
+from chronox.strategy import DayText, InvalidInput
 
 # BRK.B has no flatpack phase: every day of its window is a gap the api phase fills.
 DEMO_STRATEGIES = {"AAPL": "flatpack+api", "MSFT": "flatpack+snapshot", "BRK.B": "api+snapshot"}
@@ -385,22 +385,17 @@ def gaps_command(symbol_args: tuple[str, ...], start: str | None, end: str | Non
     lines = []  # one write: thousands of symbols print tens of thousands of lines
     # A market's lines name the same few hundred days again and again, and formatting a
     # date costs more than looking its text up.
-    day = _DayText()
+    day = DayText()
     for g in found:
         lines.append(f"{g.symbol}: {len(g.gaps) or 'no'} gap day(s) in {day[g.since]}..{day[g.until]}")
         for first, last in g.windows:
+            if first == last:  # most windows of a scan that runs nightly
+                lines.append(f"    window {day[first]}..{day[first]}: {day[first]}")
+                continue
             days = [day[d] for d in g.gaps if first <= d <= last]
             lines.append(f"    window {day[first]}..{day[last]}: {', '.join(days)}")
     if lines:
         click.echo("\n".join(lines))
-
-
-class _DayText(dict[dt.date, str]):
-    """ISO text of dates, each formatted once."""
-
-    def __missing__(self, day: dt.date) -> str:
-        text = self[day] = day.isoformat()
-        return text
 
 
 @cli.command("snapshot")

@@ -80,6 +80,16 @@ def validate_timeframe(text: str) -> str:
     return tf
 
 
+class DayText(dict[dt.date, str]):
+    """ISO text of dates, each formatted once: a market's plans and reports name the same few
+    hundred days tens of thousands of times, and formatting a date costs more than looking
+    its text up."""
+
+    def __missing__(self, day: dt.date) -> str:
+        text = self[day] = day.isoformat()
+        return text
+
+
 @overload
 def parse_day(value: str | dt.date, name: str = ...) -> dt.date: ...
 @overload
