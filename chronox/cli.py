@@ -362,7 +362,8 @@ def _print_rest_extras(engine: Engine) -> None:
 @click.option("--start", help="First day, YYYY-MM-DD (default: day after last_backfill).")
 @click.option("--end", help="Last day, YYYY-MM-DD (default: today; only complete sessions count).")
 @click.option("--market", help="Only symbols of this market (stocks, crypto).")
-@click.option("--dataset", type=click.Choice(["bars", *tick_store.KINDS]), default="bars", show_default=True,
+@click.option("--dataset", type=click.Choice(tick_store.COVERAGE_DATASETS), default=tick_store.BARS,
+              show_default=True,
               help="Whose coverage: the bars (flatpack, api), or the trades or quotes phase's ticks.")
 @click.option("--json", "as_json", is_flag=True)
 @_user_errors
@@ -371,7 +372,7 @@ def gaps_command(symbol_args: tuple[str, ...], start: str | None, end: str | Non
     """List trading days without coverage, on each symbol's market calendar (NYSE for stocks,
     every UTC day for crypto); default: every enabled symbol that backfills (with --dataset
     trades or quotes: that has the phase)."""
-    from chronox.gaps import BARS, find_gaps
+    from chronox.gaps import find_gaps
 
     settings = _settings()
     _engine(settings)
@@ -380,7 +381,7 @@ def gaps_command(symbol_args: tuple[str, ...], start: str | None, end: str | Non
         click.echo(json.dumps([g.as_dict() for g in found], indent=2))
         return
     if not found:
-        click.echo("no enabled symbol with a flatpack or api phase" if dataset == BARS
+        click.echo("no enabled symbol with a flatpack or api phase" if dataset == tick_store.BARS
                    else f"no enabled symbol with a {dataset} phase")
     lines = []  # one write: thousands of symbols print tens of thousands of lines
     # A market's lines name the same few hundred days again and again, and formatting a

@@ -20,7 +20,6 @@ import contextlib
 import datetime as dt
 import functools
 import gc
-import io
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -30,10 +29,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pa_csv
 from sqlalchemy import Connection, select
 
-from chronox import metrics, registry, tick_store, ticks
+from chronox import metrics, registry, ticks
 from chronox.backfill import day_file_dataset, day_file_published, plan_run
 from chronox.bars import UTC
 from chronox.calendar import NYSE, STOCKS, MarketCalendar, calendar_for, market_day
@@ -45,8 +43,9 @@ from chronox.rest import checked, not_in_plan, skipped
 from chronox.rollups import refresh_days
 from chronox.settings import Settings
 from chronox.sources.base import NotInPlan
-from chronox.store import COVERAGE_DAYS, cover_days, lock_day, quarantine_rows, upsert_bars_at
+from chronox.store import COVERAGE_DAYS, copy_out, cover_days, lock_day, quarantine_rows, upsert_bars_at
 from chronox.strategy import InvalidInput, parse_day, validate_timeframe
+from chronox.tick_store import BARS, COVERAGE_DATASETS
 
 log = logging.getLogger(__name__)
 
@@ -109,16 +108,10 @@ def _word_rows(conn: Connection, symbols: Sequence[str], low: int, high: int) ->
     of the range anyway, and testing each against the list costs more than dropping the
     other symbols' words after)."""
     if len(symbols) > FEW_SYMBOLS and conn.dialect.name == "postgresql":
-        # Tens of thousands of rows: as COPY text parsed by Arrow, not one Python tuple per
-        # row (reading them through the driver was most of the scan's database time).
-        buffer = io.BytesIO()
-        with conn.connection.dbapi_connection.cursor() as cursor:  # type: ignore[union-attr]
-            cursor.copy_expert(f"COPY (SELECT symbol, word, days, final_days FROM {COVERAGE_DAYS.name} "
-                               f"WHERE word BETWEEN {int(low)} AND {int(high)}) TO STDOUT", buffer)
-        buffer.seek(0)
-        return pa_csv.read_csv(buffer, read_options=pa_csv.ReadOptions(column_names=list(_WORD_COLUMNS)),
-                               parse_options=pa_csv.ParseOptions(delimiter="\t", quote_char=False),
-                               convert_options=pa_csv.ConvertOptions(column_types=_WORD_COLUMNS))
+        # Tens of thousands of rows: read through the driver they were most of the scan's
+        # database time.
+        return copy_out(conn, f"SELECT symbol, word, days, final_days FROM {COVERAGE_DAYS.name} "
+                              "WHERE word BETWEEN %(low)s AND %(high)s", {"low": low, "high": high}, _WORD_COLUMNS)
     query = select(COVERAGE_DAYS.c.symbol, COVERAGE_DAYS.c.word, COVERAGE_DAYS.c.days,
                    COVERAGE_DAYS.c.final_days).where(COVERAGE_DAYS.c.word.between(low, high))
     if len(symbols) <= FEW_SYMBOLS:
@@ -304,10 +297,6 @@ def _collector_paused() -> Iterator[None]:
             gc.enable()
 
 
-BARS = "bars"  # the dataset of `coverage`; trades and quotes are chronox.ticks'
-DATASETS = (BARS, *tick_store.KINDS)
-
-
 def find_gaps(settings: Settings, symbols: Sequence[str] | None = None, start: str | None = None,
               end: str | None = None, now: dt.datetime | None = None,
               market: str | None = None, dataset: str = BARS) -> list[SymbolGaps]:
@@ -317,8 +306,8 @@ def find_gaps(settings: Settings, symbols: Sequence[str] | None = None, start: s
 
     With `dataset` trades or quotes: the days without that tick dataset's coverage, of the
     named symbols or of every enabled symbol with that phase, in the same windows."""
-    if dataset not in DATASETS:
-        raise InvalidInput(f"unknown dataset {dataset!r}; one of {', '.join(DATASETS)}")
+    if dataset not in COVERAGE_DATASETS:
+        raise InvalidInput(f"unknown dataset {dataset!r}; one of {', '.join(COVERAGE_DATASETS)}")
     with _collector_paused():
         return _find_gaps(settings, symbols, start, end, now, market, dataset)
 

@@ -26,6 +26,10 @@ from chronox.models import Quote, TickCoverage, Trade, table
 TRADES = "trades"
 QUOTES = "quotes"
 KINDS = (TRADES, QUOTES)
+# What coverage is kept per, so what gaps are found per: the bars (table `coverage`) and
+# each tick kind (`tick_coverage`).
+BARS = "bars"
+COVERAGE_DATASETS = (BARS, *KINDS)
 EVENTS = {TRADES: "trade", QUOTES: "quote"}  # the envelopes' `event`
 ENVELOPE_VERSION = "v1"
 IDENTITY = ("symbol", "ts", "sip_timestamp", "sequence_number", "participant_timestamp", "trf_timestamp")

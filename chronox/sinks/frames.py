@@ -8,16 +8,14 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import io
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from pyarrow import csv
 from sqlalchemy import Connection, Engine, select
 
-from chronox import registry
+from chronox import registry, store
 from chronox.calendar import NEW_YORK, calendar_for, market_day_bounds
 from chronox.store import COPY_COLUMNS as COLUMNS
 from chronox.store import OHLCV
@@ -69,19 +67,12 @@ def day_counts(conn: Connection, symbols: Sequence[str], market: str, first: dt.
 
 
 def _copy_out(conn: Connection, where: str, params: dict[str, Any], order: str, limit: int | None) -> pa.Table:
-    raw: Any = conn.connection.dbapi_connection
     query = (f"SELECT symbol, (extract(epoch FROM ts) * 1000000)::bigint, open, high, low, close, volume, vwap, "
              f"transactions, source FROM ohlcv_1m WHERE {where} ORDER BY {order}"
              + (f" LIMIT {int(limit)}" if limit is not None else ""))
-    buffer = io.BytesIO()
-    with raw.cursor() as cursor:
-        sql = cursor.mogrify(query, params).decode()
-        cursor.copy_expert(f"COPY ({sql}) TO STDOUT WITH (FORMAT csv)", buffer, size=1 << 20)
-    if not buffer.tell():
+    parsed = store.copy_out(conn, query, params, {name: _CSV_TYPES[name] for name in COLUMNS})
+    if not parsed.num_rows:
         return BAR_SCHEMA.empty_table()
-    buffer.seek(0)
-    parsed = csv.read_csv(buffer, read_options=csv.ReadOptions(column_names=list(COLUMNS), block_size=16 << 20),
-                          convert_options=csv.ConvertOptions(column_types=_CSV_TYPES))
     return parsed.set_column(1, "ts", parsed.column("ts").cast(UTC_TS))
 
 
