@@ -19,6 +19,7 @@ without coverage of that dataset. Envelopes go to Kafka through chronox.delivery
 """
 from __future__ import annotations
 
+import bisect
 import codecs
 import csv
 import datetime as dt
@@ -768,7 +769,8 @@ def missing_tick_days(conn: Connection, dataset: str,
     first, last = min(w[1] for w in windows), max(w[2] for w in windows)
     done = tick_store.covered(conn, tick_kind(dataset).name, sorted({w[0] for w in windows}), first, last)
     days = NYSE.trading_days(first, last)
-    return {symbol: [d for d in days if since <= d <= until and d not in done.get(symbol, ())]
+    return {symbol: [d for d in days[bisect.bisect_left(days, since):bisect.bisect_right(days, until)]
+                     if d not in done.get(symbol, ())]
             for symbol, since, until in windows}
 
 
