@@ -25,6 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import PG_ADMIN_URL, in_fresh_process, peak_rss_mb  # noqa: E402
 
+from chronox import store  # noqa: E402
 from chronox.testing.services import temporary_database  # noqa: E402
 
 DAY = dt.date(2024, 3, 5)
@@ -87,8 +88,7 @@ def chronox_load(url: str, root: str, symbols: list[str], queue) -> None:  # typ
 
 
 ROLLUP_TABLES = ("ohlcv_5m", "ohlcv_15m", "ohlcv_1h")
-MINUTE_COLUMNS = "symbol, ts, open, high, low, close, volume, vwap, transactions, source"
-ROLLUP_COLUMNS = "symbol, bucket, open, high, low, close, volume, bars"
+MINUTE_COLUMNS, ROLLUP_COLUMNS = (", ".join(columns) for columns in (store.COPY_COLUMNS, store.ROLLUP_COLUMNS))
 FORMATS = {"text": "", "binary": " WITH (FORMAT binary)"}
 
 
